@@ -1,0 +1,36 @@
+# Everything a fresh machine needs comes from here: Debian packages when missing, a virtualenv,
+# the package with its extras. `make test` and `make demo` install first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install test demo demo-stop bench soak clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg setup.py scripts/install-system-deps.sh
+	scripts/install-system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) scripts/demo.py start
+
+demo-stop:
+	$(PY) scripts/demo.py stop
+
+bench: install
+	$(PY) scripts/bench.py
+
+soak: install
+	$(PY) scripts/soak.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
