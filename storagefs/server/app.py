@@ -1,0 +1,438 @@
+"""The HTTP routes of the reference server (PROTOCOL.md §3), on FastAPI.
+
+Routes only parse, call the store, the ZIP index or the operations, and shape JSON. Every
+``StorageError`` becomes ``{"detail": "..."}`` with its status in one handler; anything else is
+logged and answered as a 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import logging
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from .. import __version__, protocol
+from ..config import ServerConfig
+from ..errors import AuthenticationError, InvalidRequest, NotFound, StorageError
+from .metrics import Metrics, MetricsMiddleware
+from .operations import Operations
+from .remote import check_outbound_url, export_multipart, fetch_into
+from .signing import OBJECT_PREFIX, Signer
+from .store import Entry, LocalStore
+from .zipindex import IndexCache, Member, ZipIndex, data_offset
+
+log = logging.getLogger(__name__)
+
+# The official client glues 'artifacts' and a sub-folder together ('artifactssub', §4.3).
+_GLUED_PREFIX = re.compile(r"^/*(artifacts|sim_dir)([^/].*)$")
+
+
+_UPLOAD_BATCH = 1024 * 1024
+
+
+class _FileResponse(FileResponse):
+    chunk_size = 1024 * 1024  # fewer round trips through the thread pool for large reads
+
+
+class UploadPart(BaseModel):
+    part_number: int = Field(ge=1)
+    part_url: str = Field(min_length=1)
+
+
+class MultiPartExport(BaseModel):
+    path: str
+    parts_size: int = Field(ge=1)
+    upload_parts: list[UploadPart] = Field(min_length=1)
+    complete_multipart_url: str = Field(min_length=1)
+
+
+class OperationUpdate(BaseModel):
+    operation_id: str
+    status: Literal["RUNNING", "OK", "FAILED"]
+    error_message: str | None = None
+
+
+class StorageService:
+    """What the routes need, wired once per app: store, signer, ZIP index cache, operations."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.store = LocalStore(config.root)
+        self.signer = Signer(config.signing_key, config.signed_url_ttl_s)
+        self.zips = IndexCache(config.zip_index_cache_entries, config.max_zip_entries,
+                               config.max_central_directory_bytes)
+        self.operations = Operations()
+        if not config.api_keys:
+            raise ValueError("the server needs at least one API key")
+        self.keys = tuple(k.encode() for k in config.api_keys)
+
+    # -- auth and regions ----------------------------------------------------------------
+
+    def authenticate(self, key: str | None) -> None:
+        if not key:
+            raise AuthenticationError("missing API key", hint="send it in the X-API-Key header")
+        if not any(hmac.compare_digest(key.encode(), k) for k in self.keys):
+            raise AuthenticationError("invalid API key", hint="check INDUCTIVA_API_KEY")
+
+    def check_region(self, region: str | None, allow_all: bool = False) -> None:
+        if region is None or region == self.config.region or (allow_all and region == "all"):
+            return
+        raise NotFound(f"unknown region {region!r}; this server has {self.config.region!r}")
+
+    # -- listings ------------------------------------------------------------------------
+
+    def storage_file(self, entry: Entry, name: str, with_totals: bool) -> protocol.StorageFile:
+        size, mtime = entry.size, entry.mtime
+        if entry.is_directory:
+            size, mtime = self.store.folder_totals(entry.path) if with_totals else (None, None)
+        return protocol.StorageFile(name=name, size_bytes=size, creation_time=mtime,
+                                    is_directory=entry.is_directory,
+                                    provider_id=self.config.provider_id, region=self.config.region)
+
+    def listing(self, path: str, sort_by: str, order: str, recursive: bool, page: int,
+                per_page: int) -> tuple[int, list[protocol.StorageFile]]:
+        entry = self.store.entry(path)
+        if entry.is_directory:
+            files = [self.storage_file(e, e.name, recursive) for e in self.store.children(entry.path)]
+        else:
+            files = [self.storage_file(entry, entry.name, recursive)]
+        files = _sorted(files, sort_by, order)
+        return len(files), files[(page - 1) * per_page: page * per_page]
+
+    # -- archives ------------------------------------------------------------------------
+
+    def archive(self, path: str) -> tuple[Path, ZipIndex]:
+        local, entry = self.store.open_file(path)
+        if not entry.path.lower().endswith(".zip"):
+            raise InvalidRequest(f"not a .zip archive: {entry.path}")
+        return local, self.zips.get(local)
+
+    def zip_listing(self, path: str, zip_relative_path: str, recursive: bool) -> protocol.ZipListing:
+        local, index = self.archive(path)
+        items = index.list(zip_relative_path, recursive)
+        if not items:
+            glued = _GLUED_PREFIX.match(zip_relative_path or "")
+            if glued:
+                items = index.list(f"{glued[1]}/{glued[2]}", recursive)
+        with open(local, "rb") as handle:
+            entries = [_zip_entry(name, member, handle, index.size) for name, member in items]
+        return protocol.ZipListing(size=index.size, contents=entries)
+
+    def zip_range(self, path: str, filename: str, zip_relative_path: str) -> protocol.ZipRange:
+        local, index = self.archive(path)
+        name = protocol.clean_path(filename)
+        try:
+            member = index.member(protocol.zip_dir_prefix(zip_relative_path) + name)
+        except NotFound:
+            glued = _GLUED_PREFIX.match(zip_relative_path or "")
+            if not glued:
+                raise
+            member = index.member(f"{glued[1]}/{glued[2]}/{name}")
+        if member.name.endswith("/"):
+            raise InvalidRequest(f"{member.name} is a folder inside the archive, not a file")
+        with open(local, "rb") as handle:
+            start = data_offset(handle, member, index.size)
+        return protocol.ZipRange(range_start=start, range_end=start + member.compressed_size - 1,
+                                 compress_type=member.compress_type)
+
+
+def _sorted(files: list[protocol.StorageFile], sort_by: str, order: str) -> list[protocol.StorageFile]:
+    """Sort the whole listing; entries without the key (folders) go last either way."""
+    key = {"name": lambda f: f.name, "size": lambda f: f.size_bytes,
+           "creation_time": lambda f: f.creation_time}[sort_by]
+    present = [f for f in files if key(f) is not None]
+    missing = sorted((f for f in files if key(f) is None), key=lambda f: f.name)
+    present.sort(key=lambda f: (key(f), f.name), reverse=(order == "desc"))
+    return present + missing
+
+
+def _zip_entry(name: str, member: Member | None, handle, size: int) -> protocol.ZipEntry:
+    if member is None or member.name.endswith("/"):
+        start = None if member is None else data_offset(handle, member, size)
+        return protocol.ZipEntry(name=name, size=0, compressed_size=0, range_start=start,
+                                 creation_time=_dos_time(member), compress_type=0)
+    return protocol.ZipEntry(name=name, size=member.size, compressed_size=member.compressed_size,
+                             range_start=data_offset(handle, member, size),
+                             creation_time=_dos_time(member), compress_type=member.compress_type)
+
+
+def _dos_time(member: Member | None) -> dt.datetime | None:
+    if member is None:
+        return None
+    try:
+        return dt.datetime(*member.date_time, tzinfo=dt.timezone.utc)
+    except (TypeError, ValueError):  # DOS fields can hold month 0 or second 60
+        return None
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    service = StorageService(config)
+    metrics = Metrics()
+    app = FastAPI(title="storagefs reference server", version=__version__,
+                  docs_url=None, redoc_url=None)
+    app.state.service = service
+
+    def authenticated(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        service.authenticate(x_api_key)
+
+    api = APIRouter(dependencies=[Depends(authenticated)])
+    Region = Annotated[str | None, Query()]
+    Provider = Annotated[str | None, Query()]
+
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal server error: {type(exc).__name__}"},
+                            status_code=500)
+
+    # -- unauthenticated -----------------------------------------------------------------
+
+    @app.get("/version-check")
+    def version_check(client_version: str = "") -> dict:
+        return {"is_valid": True, "client_version": client_version,
+                "server_version": __version__, "min_supported_client_version": None}
+
+    @app.get("/version")
+    def version() -> dict:
+        return {"version": __version__, "min_supported_client_version": None}
+
+    @app.get("/metrics")
+    def metrics_text() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    # -- account (what `import inductiva` asks for) --------------------------------------
+
+    @api.get("/users/info")
+    def user_info() -> dict:
+        return {"email": "local@storagefs", "username": "local", "tier": "self-hosted",
+                "total_available_credits": 0, "terms_and_conditions_decision": "accepted",
+                "registration_ts": "2025-01-01T00:00:00Z", "costs_fee_percentage": 0,
+                "terminate_resources_credits_threshold": 0}
+
+    @api.get("/users/quotas")
+    def user_quotas() -> dict:
+        return {}
+
+    # -- listings ------------------------------------------------------------------------
+
+    def _contents(path, sort_by, order, recursive, page, per_page, region):
+        service.check_region(region, allow_all=True)
+        return service.listing(path or "", sort_by, order, recursive, page, per_page)
+
+    ListArgs = dict(
+        sort_by=Query("creation_time"), order=Query("desc"), recursive=Query(False),
+        page=Query(1, ge=1), per_page=Query(100, ge=1, le=1000))
+
+    @api.get(protocol.CONTENTS)
+    def contents(path: str = "", sort_by: Literal["creation_time", "size", "name"] = ListArgs["sort_by"],
+                 order: Literal["asc", "desc"] = ListArgs["order"], recursive: bool = ListArgs["recursive"],
+                 page: int = ListArgs["page"], per_page: int = ListArgs["per_page"],
+                 path_filter: str | None = None, region: Region = None, provider_id: Provider = None) -> dict:
+        total, files = _contents(path, sort_by, order, recursive, page, per_page, region)
+        return {"total_files": total, "available_regions": [config.region],
+                "contents": [f.to_json() for f in files]}
+
+    @api.get(protocol.CONTENTS_PAGINATED)
+    def contents_paginated(path: str = "", sort_by: Literal["creation_time", "size", "name"] = ListArgs["sort_by"],
+                           order: Literal["asc", "desc"] = ListArgs["order"],
+                           recursive: bool = ListArgs["recursive"], page: int = ListArgs["page"],
+                           per_page: int = ListArgs["per_page"], path_filter: str | None = None,
+                           region: Region = None, provider_id: Provider = None) -> dict:
+        total, files = _contents(path, sort_by, order, recursive, page, per_page, region)
+        by_name = {}
+        for f in files:
+            data = f.to_json()
+            by_name[data.pop("name")] = data
+        return {"total_files": total, "available_regions": [config.region], "contents": by_name}
+
+    @api.get(protocol.ZIP_CONTENTS)
+    def zip_contents(path: str, zip_relative_path: str = "", recursive: bool = True,
+                     region: Region = None, provider_id: Provider = None) -> dict:
+        service.check_region(region)
+        return service.zip_listing(path, zip_relative_path, recursive).to_json()
+
+    @api.get(protocol.ZIP_FILE_RANGE)
+    def zip_file_range(filename: str, path: str, zip_relative_path: str = "",
+                       region: Region = None, provider_id: Provider = None) -> dict:
+        service.check_region(region)
+        return service.zip_range(path, filename, zip_relative_path).to_json()
+
+    @api.get(protocol.SIZE)
+    def size() -> int:
+        return service.store.total_size()
+
+    @api.get(protocol.COST)
+    def cost() -> dict:
+        gib = service.store.total_size() / 1024**3
+        return {"estimated_monthly_cost": round(gib * config.price_per_gib_month, 6), "currency": "USD"}
+
+    # -- signed URLs and the objects behind them ----------------------------------------
+
+    @api.get(protocol.SIGNED_URLS)
+    def signed_urls(request: Request, operation: Literal["upload", "download"],
+                    paths: Annotated[list[str], Query(min_length=1)],
+                    region: Region = None, provider_id: Provider = None) -> list[str]:
+        service.check_region(region)
+        base = config.public_url or str(request.base_url)
+        if operation == protocol.OPERATION_UPLOAD:
+            targets = []
+            for path in paths:
+                clean = protocol.clean_path(path)
+                if not clean or protocol.names_directory(path):
+                    raise InvalidRequest(f"upload needs a file path, not a folder: {path!r}")
+                service.store.resolve(clean)
+                targets.append(clean)
+        else:
+            targets = [f.path for path in paths for f in service.store.iter_files(path)]
+        return [service.signer.url(base, target, operation) for target in targets]
+
+    def _verified(request: Request, path: str, op: str, expires: str, sig: str) -> str:
+        service.signer.verify(request.method, path, op, expires, sig)
+        return path
+
+    @app.api_route(OBJECT_PREFIX + "{path:path}", methods=["GET", "HEAD"])
+    def read_object(request: Request, path: str, op: str = "", expires: str = "", sig: str = ""):
+        _verified(request, path, op, expires, sig)
+        local, entry = service.store.open_file(path)
+        return _FileResponse(local, media_type="application/octet-stream",
+                             headers={"x-content-length": str(entry.size)})
+
+    @app.put(OBJECT_PREFIX + "{path:path}")
+    async def write_object(request: Request, path: str, op: str = "", expires: str = "", sig: str = ""):
+        _verified(request, path, op, expires, sig)
+        written = await _store_stream(service.store, path, request)
+        metrics.object_write_bytes.inc(written)
+        return JSONResponse({"path": protocol.clean_path(path), "size": written},
+                            headers={"x-goog-stored-content-length": str(written)})
+
+    # -- changes -------------------------------------------------------------------------
+
+    @api.delete(protocol.REMOVE)
+    def remove(path: str = "", region: Region = None, provider_id: Provider = None) -> dict:
+        service.check_region(region)
+        return {"path": protocol.clean_path(path), "deleted_files": service.store.remove(path)}
+
+    @api.post(protocol.COPY)
+    def copy(source: str, target: str, region: Region = None, provider_id: Provider = None) -> dict:
+        service.check_region(region)
+        plan = service.store.copy_plan(source, target)
+
+        def work(report):
+            done = 0
+            for src, dst, size in plan:
+                done += service.store.copy_file(src, dst)
+                report({"bytes_copied": done})
+            return {"files": len(plan), "bytes_copied": done}
+
+        op = service.operations.start("copy", {"source": source, "target": target,
+                                               "files": len(plan)}, work)
+        return service.operations.wait(op.id, config.sync_wait_s).to_json()
+
+    @api.post(protocol.INPUT_REMOTE)
+    def input_remote(url: Annotated[str, Query(min_length=1)], path: str,
+                     region: Region = None, provider_id: Provider = None) -> dict:
+        service.check_region(region)
+        check_outbound_url(url, config.allow_private_urls)
+        clean = protocol.clean_path(path)
+        if not clean or protocol.names_directory(path):
+            raise InvalidRequest(f"upload from URL needs a file path, not a folder: {path!r}")
+        service.store.resolve(clean)
+
+        def work(report):
+            return fetch_into(service.store, clean, url, allow_private=config.allow_private_urls,
+                              timeout_s=config.fetch_timeout_s, report=report)
+
+        return service.operations.start("input_remote", {"url": url, "path": clean}, work).to_json()
+
+    @api.post(protocol.EXPORT_MULTIPART)
+    def export(body: MultiPartExport, region: Region = None, provider_id: Provider = None) -> dict:
+        service.check_region(region)
+        service.store.open_file(body.path)  # fail now, not in the background, when it is missing
+        for url in {p.part_url for p in body.upload_parts} | {body.complete_multipart_url}:
+            check_outbound_url(url, config.allow_private_urls)
+        parts = [(p.part_number, p.part_url) for p in body.upload_parts]
+
+        def work(report):
+            return export_multipart(service.store, body.path, body.parts_size, parts,
+                                    body.complete_multipart_url,
+                                    allow_private=config.allow_private_urls,
+                                    timeout_s=config.fetch_timeout_s, report=report)
+
+        attributes = {"path": protocol.clean_path(body.path), "parts": len(parts)}
+        return service.operations.start("export", attributes, work).to_json()
+
+    @api.get(protocol.OPERATIONS)
+    def operations(page: int = Query(1, ge=1), per_page: int = Query(50, ge=1, le=50)) -> list[dict]:
+        return [op.to_json() for op in service.operations.page(page, per_page)]
+
+    @api.get(protocol.OPERATIONS + "/{operation_id}")
+    def operation(operation_id: str) -> dict:
+        return service.operations.get(operation_id).to_json()
+
+    @api.post(protocol.UPDATE_OPERATION_STATUS)
+    def update_operation(body: OperationUpdate = Body()) -> dict:
+        return service.operations.update(body.operation_id, body.status, body.error_message).to_json()
+
+    def bucket() -> dict:
+        return {"provider_id": config.provider_id, "name": config.root.name or "storage",
+                "region": config.region, "is_internal": False}
+
+    @api.get(protocol.DEFAULT_BUCKET)
+    def default_bucket() -> dict:
+        return bucket()
+
+    @api.get(protocol.LIST_BUCKETS)
+    def list_buckets() -> list[dict]:
+        return [bucket()]
+
+    app.include_router(api)
+    known = frozenset(route.path for route in app.routes if hasattr(route, "path"))
+    app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known)
+    app.add_middleware(CollapseSlashes)
+    return app
+
+
+async def _store_stream(store: LocalStore, path: str, request: Request) -> int:
+    """Write the request body atomically without holding it in memory.
+
+    Chunks are gathered to about 1 MiB and written in a worker thread, so the event loop never
+    blocks on the disk; a body cut short discards the temporary file and the old file stays.
+    """
+    writer = await anyio.to_thread.run_sync(store.writer, path)
+    try:
+        buffer = bytearray()
+        async for chunk in request.stream():
+            buffer += chunk
+            if len(buffer) >= _UPLOAD_BATCH:
+                await anyio.to_thread.run_sync(writer.write, bytes(buffer))
+                buffer.clear()
+        await anyio.to_thread.run_sync(writer.write, bytes(buffer))
+        return await anyio.to_thread.run_sync(writer.commit)
+    finally:
+        writer.discard()
+
+
+class CollapseSlashes:
+    """``//storage/...`` (a base URL with a trailing slash) means ``/storage/...``."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and "//" in scope["path"]:
+            scope = dict(scope, path=re.sub("/{2,}", "/", scope["path"]))
+        await self.app(scope, receive, send)
