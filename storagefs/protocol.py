@@ -170,6 +170,8 @@ class ZipEntry:
 
     ``range_start`` is the absolute offset of the member's compressed data, computed from its
     local header; directories carry zeros rather than nulls (the official client sums them).
+    ``crc32`` is this project's addition (clients ignore unknown fields): with it a reader can
+    verify a member without fetching its data descriptor. The Inductiva API does not send it.
     """
 
     name: str
@@ -178,6 +180,7 @@ class ZipEntry:
     range_start: int | None
     creation_time: _dt.datetime | None
     compress_type: int | None
+    crc32: int | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -197,6 +200,7 @@ class ZipEntry:
             range_start=_field(data, "range_start", int, optional=True),
             creation_time=parse_time(data.get("creation_time")),
             compress_type=_field(data, "compress_type", int, optional=True),
+            crc32=_field(data, "crc32", int, optional=True),
         )
 
 

@@ -162,7 +162,8 @@ def _zip_entry(name: str, member: Member | None, handle, size: int) -> protocol.
                                  creation_time=_dos_time(member), compress_type=0)
     return protocol.ZipEntry(name=name, size=member.size, compressed_size=member.compressed_size,
                              range_start=data_offset(handle, member, size),
-                             creation_time=_dos_time(member), compress_type=member.compress_type)
+                             creation_time=_dos_time(member), compress_type=member.compress_type,
+                             crc32=member.crc)
 
 
 def _dos_time(member: Member | None) -> dt.datetime | None:
