@@ -19,6 +19,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from .. import __version__, protocol
 from ..config import ServerConfig
@@ -37,6 +38,9 @@ _GLUED_PREFIX = re.compile(r"^/*(artifacts|sim_dir)([^/].*)$")
 
 
 _UPLOAD_BATCH = 1024 * 1024
+# Accepted on every storage endpoint; this server has one region and ignores the provider.
+Region = Annotated[str | None, Query()]
+Provider = Annotated[str | None, Query()]
 
 
 class _FileResponse(FileResponse):
@@ -186,8 +190,6 @@ def create_app(config: ServerConfig) -> FastAPI:
         service.authenticate(x_api_key)
 
     api = APIRouter(dependencies=[Depends(authenticated)])
-    Region = Annotated[str | None, Query()]
-    Provider = Annotated[str | None, Query()]
 
     @app.exception_handler(StorageError)
     async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
@@ -315,7 +317,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.put(OBJECT_PREFIX + "{path:path}")
     async def write_object(request: Request, path: str, op: str = "", expires: str = "", sig: str = ""):
         _verified(request, path, op, expires, sig)
-        written = await _store_stream(service.store, path, request)
+        try:
+            written = await _store_stream(service.store, path, request)
+        except ClientDisconnect:
+            log.info("upload of %s abandoned by the client; nothing stored", path)
+            return Response(status_code=400)
         metrics.object_write_bytes.inc(written)
         return JSONResponse({"path": protocol.clean_path(path), "size": written},
                             headers={"x-goog-stored-content-length": str(written)})
@@ -401,7 +407,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         return [bucket()]
 
     app.include_router(api)
-    known = frozenset(route.path for route in app.routes if hasattr(route, "path"))
+    known = frozenset(value for name, value in vars(protocol).items()
+                      if name.isupper() and isinstance(value, str) and value.startswith("/"))
+    known |= {"/version", "/metrics", "/users/info", "/users/quotas"}
     app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known)
     app.add_middleware(CollapseSlashes)
     return app
