@@ -8,7 +8,7 @@ in, so a malformed answer fails at the boundary with a clear message instead of 
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidRequest
@@ -126,9 +126,10 @@ class StorageFile:
     region: str
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["creation_time"] = format_time(self.creation_time)
-        return data
+        return {"name": self.name, "size_bytes": self.size_bytes,
+                "creation_time": format_time(self.creation_time),
+                "is_directory": self.is_directory, "provider_id": self.provider_id,
+                "region": self.region}
 
     @classmethod
     def from_json(cls, data: dict) -> "StorageFile":
@@ -187,9 +188,10 @@ class ZipEntry:
         return self.name.endswith("/")
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["creation_time"] = format_time(self.creation_time)
-        return data
+        # Explicit rather than dataclasses.asdict, which deep-copies: listings can be 1e5 long.
+        return {"name": self.name, "size": self.size, "compressed_size": self.compressed_size,
+                "range_start": self.range_start, "creation_time": format_time(self.creation_time),
+                "compress_type": self.compress_type, "crc32": self.crc32}
 
     @classmethod
     def from_json(cls, data: dict) -> "ZipEntry":
@@ -231,7 +233,8 @@ class ZipRange:
     compress_type: int
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"range_start": self.range_start, "range_end": self.range_end,
+                "compress_type": self.compress_type}
 
     @classmethod
     def from_json(cls, data: dict) -> "ZipRange":
@@ -262,10 +265,9 @@ class Operation:
     error_message: str | None = None
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["start_time"] = format_time(self.start_time)
-        data["end_time"] = format_time(self.end_time)
-        return data
+        return {"id": self.id, "name": self.name, "status": self.status,
+                "attributes": dict(self.attributes), "start_time": format_time(self.start_time),
+                "end_time": format_time(self.end_time), "error_message": self.error_message}
 
     @classmethod
     def from_json(cls, data: dict) -> "Operation":
