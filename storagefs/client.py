@@ -144,11 +144,10 @@ def _wrap_transport(exc: requests.RequestException, what: str) -> StorageError:
         return InvalidRequest(f"{what}: invalid URL ({exc})")
     if isinstance(exc, requests.exceptions.RetryError):
         return ServerError(f"{what}: gave up after retries")
-    reason = exc.args[0] if exc.args else exc
-    while hasattr(reason, "reason") and getattr(reason, "reason") is not None:
-        reason = reason.reason  # MaxRetryError -> NewConnectionError -> ...
+    deepest = causes[-1]  # MaxRetryError -> NewConnectionError, ProtocolError -> ...
+    reason = deepest.args[0] if deepest.args and isinstance(deepest.args[0], str) else deepest
     text = " ".join(str(reason).split())
-    text = re.sub(r"^<[^>]*>:\s*", "", text)  # drop "<urllib3.connection.HTTPConnection ...>:"
+    text = re.sub(r"^(<[^>]*>|\w+\(host=[^)]*\)):\s*", "", text)  # drop the connection's repr
     if isinstance(exc, requests.ConnectionError) and "refused" in text.lower():
         text = "connection refused"
     return TransferError(f"{what}: {text[:200]}")
