@@ -988,8 +988,9 @@ def _get_multipart_parts(size: int, part_size: int = 128 * MB) -> Tuple[int, int
 
 def _file_size(client: StorageClient, path: str, region: Optional[str]) -> int:
     result = client.contents(path, per_page=2, region=region)
-    files = [e for e in result.contents if not e.is_directory]
-    if len(result.contents) != 1 or not files:
+    name = protocol.clean_path(path).rpartition("/")[2]
+    files = [e for e in result.contents if not e.is_directory and e.name.rstrip("/") == name]
+    if len(result.contents) != 1 or not files:  # a folder lists its children instead
         raise InvalidRequest(f"export needs a single file, and {path!r} is a folder")
     if files[0].size_bytes is None:
         raise ServerError(f"the listing gives no size for {path!r}")
