@@ -26,7 +26,7 @@ from urllib3.util.retry import Retry
 
 from . import __version__, protocol
 from .config import API_KEY_ENV, ClientConfig
-from .errors import (AuthenticationError, InvalidRequest, NotFound, PermissionDenied,
+from .errors import (AuthenticationError, InvalidRequest, PermissionDenied,
                      RangeNotSatisfiable, ServerError, StorageError, Timeout, TransferError,
                      error_for_status)
 
@@ -480,4 +480,4 @@ class StorageClient:
             raise ServerError("GET /version: the answer is not JSON") from None
 
 
-__all__ = ["StorageClient", "make_session", "encode_query", "RETRY_STATUSES", "NotFound"]
+__all__ = ["StorageClient", "make_session", "encode_query", "RETRY_STATUSES"]
