@@ -245,6 +245,24 @@ def test_5xx_and_429_are_retried_with_backoff():
     assert len(calls) == 3 and all(c[2]["X-API-Key"] == "k" for c in calls)
 
 
+def test_put_is_retried_with_its_body_rewound(tmp_path):
+    bodies = []
+
+    def body(h, n):
+        bodies.append(h.rfile.read(int(h.headers["Content-Length"])))
+        reply(h, 503 if n == 1 else 200)
+
+    data = bytes(range(256)) * 1000
+    (tmp_path / "f").write_bytes(data)
+    with scripted(body) as (url, calls):
+        with StorageClient(ClientConfig(api_url=url, api_key="k", retries=2,
+                                        backoff_factor=0.01)) as client:
+            with open(tmp_path / "f", "rb") as handle:
+                client.put_file(url + "/-/obj?sig=1", handle, len(data))
+    assert bodies == [data, data]
+    assert "X-API-Key" not in calls[0][2]  # signed URLs carry their own authorisation
+
+
 def test_persistent_5xx_becomes_server_error_and_post_is_not_resent_on_500():
     with scripted(lambda h, n: reply(h, 500, b'{"detail": "boom"}')) as (url, calls):
         with StorageClient(ClientConfig(api_url=url, api_key="k", retries=2,
