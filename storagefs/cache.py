@@ -1,0 +1,227 @@
+"""Caches for the mount: metadata with a TTL, and signed URLs until shortly before they expire.
+
+``CachedBackend`` wraps a ``vfs.Backend`` and is one itself (gcsfuse's ``fast_stat_bucket`` is
+the model): folder listings, archive listings, member ranges and the space used are kept for
+``ttl`` seconds, "not found" for the shorter ``negative_ttl`` (shells and file managers probe
+many missing names), and download URLs until shortly before the expiry they carry.
+
+cachetools caches are not thread-safe, so each has a lock; loads happen outside it, and
+concurrent misses on one key wait for a single load instead of all asking the server
+("single flight": ``ls -l`` of a fresh folder would otherwise list it once per thread).
+The clock is injectable for tests.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import threading
+import time
+from typing import Any, Callable, Hashable
+from urllib.parse import parse_qs, urlsplit
+
+from cachetools import LRUCache, TTLCache
+
+from . import protocol
+from .errors import NotFound
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class _Missing(Exception):
+    """What the cache holds for a key whose load raised NotFound."""
+
+    def __init__(self, error: NotFound) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class MetadataCache:
+    """``get(key, load)``: a value younger than ``ttl``, or ``load()`` once for all callers.
+
+    A ``NotFound`` from ``load`` is remembered for ``negative_ttl`` and raised again; other
+    errors are not cached (the next call retries).
+    """
+
+    def __init__(self, ttl: float, negative_ttl: float, maxsize: int = 4096,
+                 clock: Clock = time.monotonic) -> None:
+        self._values: TTLCache = TTLCache(maxsize, ttl, timer=clock)
+        self._misses: TTLCache = TTLCache(maxsize, negative_ttl, timer=clock)
+        self._lock = threading.Lock()
+        self._loading: dict[Hashable, threading.Lock] = {}
+        self.loads = 0  # for tests and debugging: how many times the backend was asked
+
+    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+        found, value = self._peek(key)
+        if found:
+            return value
+        with self._lock:
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            found, value = self._peek(key)  # another thread may have loaded it meanwhile
+            if found:
+                return value
+            try:
+                self.loads += 1
+                value = load()
+            except NotFound as exc:
+                with self._lock:
+                    self._misses[key] = _Missing(exc)
+                    self._loading.pop(key, None)
+                raise
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
+            with self._lock:
+                self._values[key] = value
+                self._misses.pop(key, None)
+                self._loading.pop(key, None)
+            return value
+
+    def _peek(self, key: Hashable) -> tuple[bool, Any]:
+        with self._lock:
+            if key in self._values:
+                return True, self._values[key]
+            missing = self._misses.get(key)
+        if missing is not None:
+            raise missing.error
+        return False, None
+
+    def invalidate(self, key: Hashable) -> None:
+        with self._lock:
+            self._values.pop(key, None)
+            self._misses.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+            self._misses.clear()
+
+
+def url_expiry(url: str, issued_at: float) -> float | None:
+    """When a signed URL stops working (``time.time()`` scale), if the URL says so.
+
+    Understands this project's server (``expires=<epoch>``), GCS V4 (``X-Goog-Date`` +
+    ``X-Goog-Expires``), S3 SigV4 (``X-Amz-Date`` + ``X-Amz-Expires``) and the older
+    ``Expires=<epoch>`` of GCS V2 / S3 V2. ``issued_at`` is used when a date is unreadable.
+    """
+    query = {k.lower(): v[0] for k, v in parse_qs(urlsplit(url).query).items() if v}
+    for key in ("expires",):
+        if query.get(key, "").isdigit():
+            return float(query[key])
+    for prefix in ("x-goog-", "x-amz-"):
+        lifetime = query.get(prefix + "expires", "")
+        if lifetime.isdigit():
+            start = issued_at
+            stamp = query.get(prefix + "date")
+            if stamp:
+                try:
+                    start = _dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(
+                        tzinfo=_dt.timezone.utc).timestamp()
+                except ValueError:
+                    pass
+            return start + int(lifetime)
+    return None
+
+
+class SignedUrlCache:
+    """Download URLs per storage path, reused until shortly before they expire.
+
+    A URL is dropped at ``expiry - margin`` where the margin is a tenth of its lifetime, at
+    most ``max_margin`` seconds; a URL whose expiry cannot be read is kept ``default_ttl``.
+    ``invalidate`` drops one early (after a 403, say).
+    """
+
+    def __init__(self, default_ttl: float = 600.0, max_margin: float = 300.0,
+                 maxsize: int = 4096, clock: Clock = time.time) -> None:
+        self.default_ttl = default_ttl
+        self.max_margin = max_margin
+        self._clock = clock
+        self._urls: LRUCache = LRUCache(maxsize)
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self.loads = 0
+
+    def get(self, path: str, load: Callable[[], str]) -> str:
+        url = self._fresh(path)
+        if url is not None:
+            return url
+        with self._lock:
+            gate = self._loading.setdefault(path, threading.Lock())
+        with gate:
+            url = self._fresh(path)
+            if url is not None:
+                return url
+            now = self._clock()
+            try:
+                self.loads += 1
+                url = load()
+            finally:
+                with self._lock:
+                    self._loading.pop(path, None)
+            expiry = url_expiry(url, now)
+            if expiry is None:
+                valid_until = now + self.default_ttl
+            else:
+                margin = min(self.max_margin, max(0.0, expiry - now) / 10)
+                valid_until = expiry - margin
+            with self._lock:
+                self._urls[path] = (url, valid_until)
+            return url
+
+    def _fresh(self, path: str) -> str | None:
+        with self._lock:
+            item = self._urls.get(path)
+        if item is not None and self._clock() < item[1]:
+            return item[0]
+        return None
+
+    def invalidate(self, path: str) -> None:
+        with self._lock:
+            self._urls.pop(path, None)
+
+
+class CachedBackend:
+    """A ``vfs.Backend`` that remembers what the backend below said (see the module notes).
+
+    Archive listings are keyed by the archive's path *and* its size and creation time as the
+    folder listing shows them, so a replaced archive gets a fresh tree while an unchanged one
+    keeps its tree across TTL expiries (up to ``max_archives`` of them, least recently used
+    first out).
+    """
+
+    def __init__(self, backend, ttl: float = 60.0, negative_ttl: float = 5.0,
+                 max_archives: int = 64, clock: Clock = time.monotonic,
+                 wall_clock: Clock = time.time) -> None:
+        self.backend = backend
+        self.metadata = MetadataCache(ttl, negative_ttl, clock=clock)
+        self.archives = MetadataCache(float("inf"), negative_ttl, maxsize=max(1, max_archives),
+                                      clock=clock)
+        self.ranges = MetadataCache(float("inf"), negative_ttl, maxsize=65536, clock=clock)
+        self.urls = SignedUrlCache(clock=wall_clock)
+
+    def list_folder(self, path: str) -> list[protocol.StorageFile]:
+        return self.metadata.get(("folder", path), lambda: self.backend.list_folder(path))
+
+    def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing:
+        return self.archives.get(("zip", path, version),
+                                 lambda: self.backend.zip_listing(path, version))
+
+    def member_range(self, path: str, member: str, version: Hashable = None) -> protocol.ZipRange:
+        return self.ranges.get((path, member, version),
+                                 lambda: self.backend.member_range(path, member, version))
+
+    def space_used(self) -> int:
+        return self.metadata.get(("space",), self.backend.space_used)
+
+    def download_url(self, path: str) -> str:
+        return self.urls.get(path, lambda: self.backend.download_url(path))
+
+    def forget_url(self, path: str) -> None:
+        self.urls.invalidate(path)
+
+    def read_range(self, url: str, start: int, end_inclusive: int) -> bytes:
+        return self.backend.read_range(url, start, end_inclusive)

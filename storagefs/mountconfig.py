@@ -1,0 +1,78 @@
+"""Typed configuration of ``storagefs mount``: one frozen dataclass with documented defaults.
+
+Built once at the edge (the CLI or ``mount.storagefs``) from arguments; the layers below only
+read it. Where to reach the API (URL, key, region) is ``config.ClientConfig``'s business.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ZIP_AS = ("dir", "file")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``1G``, ``1.5GiB``, ``4096`` -> bytes (binary units, as ``du -h`` prints)."""
+    found = _SIZE.match(str(text))
+    if not found:
+        raise ValueError(f"not a size: {text!r} (examples: 4096, 512M, 2G)")
+    number, unit = float(found.group(1)), found.group(2).lower()
+    return int(number * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """How one mount behaves. Sizes are bytes, times are seconds."""
+
+    mountpoint: Path
+    # Run the FUSE loop in this process (no supervisor); logs go to stderr unless log_file.
+    foreground: bool = False
+    # Extra ``-o`` options handed to FUSE as given: allow_other, uid=N, gid=N, umask=...
+    fuse_options: tuple[str, ...] = ()
+    # Memory for decoded data. Today each open file keeps its last decoded window, at most
+    # cache_size // 32 bytes (clamped to 1..16 MiB); the block cache planned next spends all of it.
+    cache_size: int = 256 << 20
+    # Reserved for the on-disk block cache planned next; checked to be a writable folder.
+    cache_dir: Path | None = None
+    # How long listings, archive trees and statfs figures are trusted.
+    metadata_ttl: float = 60.0
+    # "Not found" answers are trusted for less: users create what they just looked for.
+    negative_ttl: float = 5.0
+    # "dir": every *.zip is a directory of its members; "file": the raw archive.
+    zip_as: str = "dir"
+    log_file: Path | None = None
+    debug: bool = False
+    # Seconds the background mode waits for the mount to answer before giving up.
+    ready_timeout: float = 30.0
+    # Archive trees kept (each one costs memory proportional to its member count).
+    max_archives: int = 64
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.zip_as not in ZIP_AS:
+            raise ValueError(f"--zip-as must be one of {', '.join(ZIP_AS)}")
+        if self.metadata_ttl < 0 or self.negative_ttl < 0:
+            raise ValueError("TTLs must be >= 0")
+        if self.cache_size < 0:
+            raise ValueError("--cache-size must be >= 0")
+
+    @property
+    def window_bytes(self) -> int:
+        """Decoded bytes one open file may keep (see ``cache_size``)."""
+        return max(1 << 20, min(16 << 20, self.cache_size // 32))
+
+    def option_map(self) -> dict[str, str | bool]:
+        """``fuse_options`` as ``{name: value or True}``; later repeats win."""
+        options: dict[str, str | bool] = {}
+        for item in self.fuse_options:
+            for part in item.split(","):
+                part = part.strip()
+                if not part:
+                    continue
+                name, sep, value = part.partition("=")
+                options[name.strip()] = value.strip() if sep else True
+        return options

@@ -1,0 +1,414 @@
+"""Paths of the mount -> entries: storage folders and files, ``*.zip`` as folders, members.
+
+The contract is three calls and one dataclass (ratarmount's ``MountSource`` is the model):
+``lookup(path) -> Entry``, ``list(path) -> [Entry]`` and ``open(path) -> reader``. Paths are
+the mount's, ``/`` rooted, as FUSE hands them over.
+
+What the tree shows:
+
+- Storage folders and files come from the listing of their parent folder, fetched page by page
+  the first time that folder is needed (never the whole storage at once) and cached with a TTL
+  by the backend below (``cache.CachedBackend``).
+- A file whose name ends in ``.zip`` (any case) is a folder with the archive's members, unless
+  ``zip_as="file"``. Its tree comes from one recursive ``zip-contents`` call, kept per archive
+  version (path, size, creation time). Folders implied by deeper names exist even without an
+  entry of their own.
+- Member names are shown as written (the server decodes UTF-8, the Unicode Path field and
+  legacy code pages), with what could leave the archive's folder taken out, as ``zipfile``
+  does when it extracts: empty, ``.`` and ``..`` components are dropped, so ``/abs/x`` and
+  ``../../x`` show as ``abs/x`` and ``x``; a NUL ends a name. Where a file and a folder claim
+  one name the folder wins; where two entries claim one name the later one wins, as with
+  ``unzip``. Both are logged.
+- Inode numbers are given on first sight of a path and kept while mounted.
+- Sizes are what a read returns. ``stored`` is what the entry costs in storage (the member's
+  compressed size), which is what ``du`` counts; ``du --apparent-size`` counts ``size``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import logging
+import posixpath
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Hashable, Iterator, Protocol
+
+from cachetools import LRUCache
+
+from . import protocol
+from .errors import NotFound, PermissionDenied, StorageError
+from .reader import MemberReader, RangeReader, archive_crc
+
+log = logging.getLogger(__name__)
+
+FOLDER, FILE, ARCHIVE, MEMBER_DIR, MEMBER = "folder", "file", "archive", "member-dir", "member"
+
+
+class Backend(Protocol):
+    """What the tree needs from the storage; ``ClientBackend`` and ``CachedBackend`` give it."""
+
+    def list_folder(self, path: str) -> list[protocol.StorageFile]: ...
+
+    def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing: ...
+
+    def member_range(self, path: str, member: str,
+                     version: Hashable = None) -> protocol.ZipRange: ...
+
+    def space_used(self) -> int: ...
+
+    def download_url(self, path: str) -> str: ...
+
+    def forget_url(self, path: str) -> None: ...
+
+    def read_range(self, url: str, start: int, end_inclusive: int) -> bytes: ...
+
+
+class ClientBackend:
+    """``Backend`` over ``client.StorageClient``: the API calls behind each need, uncached."""
+
+    def __init__(self, client, region: str | None = None) -> None:
+        self.client = client
+        self.region = region
+
+    def list_folder(self, path: str) -> list[protocol.StorageFile]:
+        # Sorted by name so pages stay consistent while the folder is read page after page.
+        return list(self.client.iter_contents(path + "/" if path else "/", sort_by="name",
+                                              order="asc", region=self.region))
+
+    def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing:
+        return self.client.zip_contents(path, "", recursive=True, region=self.region)
+
+    def member_range(self, path: str, member: str, version: Hashable = None) -> protocol.ZipRange:
+        folder, _, filename = member.rpartition("/")
+        return self.client.zip_file_range(path, filename, folder, region=self.region)
+
+    def space_used(self) -> int:
+        return self.client.space_used()
+
+    def download_url(self, path: str) -> str:
+        urls = self.client.signed_urls([path], protocol.OPERATION_DOWNLOAD, region=self.region)
+        if not urls:
+            raise NotFound(f"no download URL for {path}")
+        return urls[0]
+
+    def forget_url(self, path: str) -> None:
+        pass
+
+    def read_range(self, url: str, start: int, end_inclusive: int) -> bytes:
+        return self.client.read_range(url, start, end_inclusive)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member of an archive as the tree shows it; ``name`` is the name in the archive."""
+
+    name: str
+    size: int
+    compressed_size: int
+    data_start: int | None
+    method: int
+    crc32: int | None
+    mtime: float | None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Everything ``stat`` needs about a path, and where its bytes live."""
+
+    path: str  # in the mount: "/", "/task1/output.zip/artifacts/stdout.txt"
+    kind: str  # FOLDER, FILE, ARCHIVE, MEMBER_DIR or MEMBER
+    size: int  # bytes a read returns (0 for folders)
+    stored: int  # bytes it takes in storage (du)
+    mtime: float | None  # seconds since the epoch, None when unknown
+    ino: int
+    object_path: str = ""  # storage path of the file or archive holding the bytes
+    version: Hashable = None  # (size, creation time) of that object, as last listed
+    inner: str = ""  # cleaned path inside the archive (MEMBER_DIR, MEMBER)
+    member: Member | None = None  # MEMBER only
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind in (FOLDER, ARCHIVE, MEMBER_DIR)
+
+
+class NotADirectory(StorageError, NotADirectoryError):
+    errno_code = errno.ENOTDIR
+
+
+class IsADirectory(StorageError, IsADirectoryError):
+    errno_code = errno.EISDIR
+
+
+class InodeTable:
+    """Inode numbers by path, given on first sight and never reused while mounted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._numbers: dict[str, int] = {"/": 1}
+
+    def __call__(self, path: str) -> int:
+        with self._lock:
+            number = self._numbers.get(path)
+            if number is None:
+                number = self._numbers[path] = len(self._numbers) + 1
+            return number
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+
+def _timestamp(value: _dt.datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def safe_parts(name: str) -> list[str]:
+    """Components of a member name that stay inside the archive's folder (see module notes)."""
+    name = name.split("\x00", 1)[0]
+    parts = []
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            continue
+        # Lone surrogates cannot become a file name; show them as U+FFFD.
+        parts.append("".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in part))
+    return parts
+
+
+class ArchiveTree:
+    """The folders and members of one archive, by their cleaned relative paths."""
+
+    def __init__(self, listing: protocol.ZipListing, label: str = "") -> None:
+        self.size = listing.size
+        self.dirs: dict[str, dict[str, Member | None]] = {"": {}}  # folder -> name -> member
+        self.dir_times: dict[str, float | None] = {}
+        self.files: dict[str, Member] = {}
+        for item in listing.contents:
+            self._add(item, label)
+
+    def _add(self, item: protocol.ZipEntry, label: str) -> None:
+        parts = safe_parts(item.name)
+        if not parts:
+            if item.name.strip("/"):
+                log.warning("%s: member %r has no usable name; not shown", label, item.name)
+            return
+        is_dir = item.name.split("\x00", 1)[0].endswith("/")
+        parent = ""
+        for part in parts[:-1]:
+            parent = self._ensure_dir(parent, part, label)
+        last = parts[-1]
+        mtime = _timestamp(item.creation_time)
+        if is_dir:
+            path = self._ensure_dir(parent, last, label)
+            self.dir_times[path] = mtime
+            return
+        path = f"{parent}/{last}" if parent else last
+        if path in self.dirs:
+            log.warning("%s: file %r has the name of a folder; the folder is shown", label,
+                        item.name)
+            return
+        if path in self.files:
+            log.info("%s: %r appears twice; the later entry is shown", label, item.name)
+        member = Member(name=item.name, size=item.size or 0,
+                        compressed_size=item.compressed_size or 0,
+                        data_start=item.range_start, method=item.compress_type or 0,
+                        crc32=item.crc32, mtime=mtime)
+        self.files[path] = member
+        self.dirs[parent][last] = member
+
+    def _ensure_dir(self, parent: str, name: str, label: str) -> str:
+        path = f"{parent}/{name}" if parent else name
+        if path in self.files:
+            log.warning("%s: %r is both a file and a folder; the folder is shown", label, path)
+            del self.files[path]
+        if path not in self.dirs:
+            self.dirs[path] = {}
+        self.dirs[parent][name] = None
+        return path
+
+    def __len__(self) -> int:
+        return len(self.files) + len(self.dirs) - 1
+
+
+class VFS:
+    """The mount's tree over a ``Backend`` (normally a ``cache.CachedBackend``)."""
+
+    def __init__(self, backend: Backend, *, zip_as_dir: bool = True, window: int = 8 << 20,
+                 max_archives: int = 64, clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
+        self.zip_as_dir = zip_as_dir
+        self.window = window
+        self.inodes = InodeTable()
+        self.started = clock()
+        self.root = Entry("/", FOLDER, 0, 0, self.started, 1)
+        # Indexes built from what the backend returns; rebuilt when it returns a new listing.
+        self._lock = threading.Lock()
+        self._folders: LRUCache = LRUCache(1024)  # storage path -> (listing, {name: item})
+        self._trees: LRUCache = LRUCache(max(1, max_archives))  # (path, version) -> tree
+
+    # -- the contract ------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> Entry:
+        path = "/" + path.strip("/")
+        if path == "/":
+            return self.root
+        parent_path, _, name = path.rpartition("/")
+        parent = self.lookup(parent_path or "/")
+        if not parent.is_dir:
+            raise NotADirectory(f"not a folder: {parent.path}")
+        entry = self._child(parent, name)
+        if entry is None:
+            raise NotFound(f"no such file or folder: {path}")
+        return entry
+
+    def list(self, path: str) -> list[Entry]:
+        entry = self.lookup(path)
+        if not entry.is_dir:
+            raise NotADirectory(f"not a folder: {entry.path}")
+        return list(self._children(entry))
+
+    def open(self, path: str):
+        """A reader (``read(offset, length)``, ``close()``) for a file or member."""
+        entry = self.lookup(path)
+        if entry.is_dir:
+            raise IsADirectory(f"is a folder: {entry.path}")
+        fetch = self._fetcher(entry.object_path)
+        if entry.kind == FILE:
+            return RangeReader(fetch, entry.size, window=self.window, name=entry.path)
+        member = entry.member
+        assert member is not None
+        data_start, compressed, method = self._member_range(entry)
+        crc_lookup = None
+        if member.crc32 is None:
+            def crc_lookup() -> int | None:
+                crc = archive_crc(fetch, data_start, compressed)
+                if crc is None:
+                    log.warning("%s: no CRC-32 found in the archive; served unchecked", path)
+                return crc
+        return MemberReader(fetch, data_start=data_start, compressed_size=compressed,
+                            size=member.size, method=method, crc32=member.crc32,
+                            crc_lookup=crc_lookup, name=entry.path, window=self.window)
+
+    def space_used(self) -> int:
+        return self.backend.space_used()
+
+    # -- children ------------------------------------------------------------------------------
+
+    def _child(self, parent: Entry, name: str) -> Entry | None:
+        if parent.kind == FOLDER:
+            item = self._folder(parent.object_path).get(name)
+            return None if item is None else self._storage_entry(parent, name, item)
+        tree = self._tree(parent)
+        if name not in tree.dirs.get(parent.inner, {}):
+            return None
+        return self._member_entry(parent, tree, name)
+
+    def _children(self, parent: Entry) -> Iterator[Entry]:
+        if parent.kind == FOLDER:
+            for name, item in self._folder(parent.object_path).items():
+                yield self._storage_entry(parent, name, item)
+        else:
+            tree = self._tree(parent)
+            for name in tree.dirs.get(parent.inner, {}):
+                yield self._member_entry(parent, tree, name)
+
+    # -- storage folders -----------------------------------------------------------------------
+
+    def _folder(self, storage_path: str) -> dict[str, protocol.StorageFile]:
+        """The folder's entries by name, from its (cached) listing."""
+        listing = self.backend.list_folder(storage_path)
+        with self._lock:
+            cached = self._folders.get(storage_path)
+        if cached is not None and cached[0] is listing:
+            return cached[1]
+        index: dict[str, protocol.StorageFile] = {}
+        for item in listing:
+            name = item.name.rstrip("/")
+            if not name or "/" in name or name in (".", "..") or "\x00" in name:
+                log.info("/%s: entry %r cannot be a file name; not shown", storage_path, item.name)
+                continue
+            earlier = index.get(name)
+            if earlier is not None and earlier.is_directory != item.is_directory:
+                log.info("/%s: a file and a folder are both named %r; the folder is shown",
+                         storage_path, name)
+                if earlier.is_directory:
+                    continue
+            index[name] = item
+        with self._lock:
+            self._folders[storage_path] = (listing, index)
+        return index
+
+    def _storage_entry(self, parent: Entry, name: str, item: protocol.StorageFile) -> Entry:
+        path = _join(parent.path, name)
+        object_path = f"{parent.object_path}/{name}" if parent.object_path else name
+        mtime = _timestamp(item.creation_time) or self.started
+        if item.is_directory:
+            return Entry(path, FOLDER, 0, 0, mtime, self.inodes(path), object_path)
+        size = item.size_bytes or 0
+        version = (size, mtime)
+        if self.zip_as_dir and name.lower().endswith(".zip"):
+            return Entry(path, ARCHIVE, 0, 0, mtime, self.inodes(path), object_path, version)
+        return Entry(path, FILE, size, size, mtime, self.inodes(path), object_path, version)
+
+    # -- archives ------------------------------------------------------------------------------
+
+    def _tree(self, entry: Entry) -> ArchiveTree:
+        """The archive's tree, built once per archive version."""
+        key = (entry.object_path, entry.version)
+        with self._lock:
+            tree = self._trees.get(key)
+        if tree is None:
+            listing = self.backend.zip_listing(entry.object_path, entry.version)
+            tree = ArchiveTree(listing, "/" + entry.object_path)
+            with self._lock:
+                self._trees[key] = tree
+        return tree
+
+    def _member_entry(self, parent: Entry, tree: ArchiveTree, name: str) -> Entry:
+        rel = f"{parent.inner}/{name}" if parent.inner else name
+        path = _join(parent.path, name)
+        if rel in tree.dirs:
+            return Entry(path, MEMBER_DIR, 0, 0, tree.dir_times.get(rel) or parent.mtime,
+                         self.inodes(path), parent.object_path, parent.version, rel)
+        member = tree.files[rel]
+        return Entry(path, MEMBER, member.size, member.compressed_size,
+                     member.mtime or parent.mtime, self.inodes(path), parent.object_path,
+                     parent.version, rel, member)
+
+    def _member_range(self, entry: Entry) -> tuple[int, int, int]:
+        """Where the member's compressed bytes are: ``zip-file-range``, else the listing."""
+        member = entry.member
+        try:
+            rng = self.backend.member_range(entry.object_path, member.name, entry.version)
+            return rng.range_start, rng.range_end - rng.range_start + 1, rng.compress_type
+        except (NotFound, ValueError) as exc:
+            # Names the server cannot take back (with '..', say) are read from the listing.
+            if member.data_start is None:
+                raise
+            log.debug("%s: zip-file-range failed (%s); using the listing's offsets",
+                      entry.path, exc)
+            return member.data_start, member.compressed_size, member.method
+
+    def _fetcher(self, object_path: str) -> Callable[[int, int], bytes]:
+        """``fetch(start, end)`` over the object's signed URL, renewed once if refused."""
+        backend = self.backend
+
+        def fetch(start: int, end: int) -> bytes:
+            if end <= start:
+                return b""
+            url = backend.download_url(object_path)
+            try:
+                return backend.read_range(url, start, end - 1)
+            except PermissionDenied:
+                backend.forget_url(object_path)  # expired early, or the key rotated
+                return backend.read_range(backend.download_url(object_path), start, end - 1)
+
+        return fetch
+
+
+def _join(parent: str, name: str) -> str:
+    return parent.rstrip("/") + "/" + name

@@ -1,0 +1,303 @@
+"""Readers of the mount, driven by nothing but bytes: ``fetch`` slices an archive in memory."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import threading
+import zipfile
+import zlib
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from storagefs import protocol
+from storagefs.errors import CorruptArchive, TransferError, UnsupportedMethod
+from storagefs.reader import MemberReader, RangeReader, archive_crc
+
+from archives import (MissingTool, RawEntry, build_7zz, build_pyzip, build_stream_zip,
+                      mixed_bytes, read_local_data_offset, text_bytes, write_raw_zip)
+
+KiB, MiB = 1 << 10, 1 << 20
+BIG = mixed_bytes(11, 3 * MiB + 12345)  # larger than the test window below
+SMALL = text_bytes(12, 200 * KiB)
+
+
+class Source:
+    """``fetch`` over bytes, counting requests and bytes like the server's /metrics would."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.calls: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, start: int, end: int) -> bytes:
+        assert 0 <= start <= end <= len(self.data), (start, end, len(self.data))
+        with self.lock:
+            self.calls.append((start, end))
+        return self.data[start:end]
+
+    @property
+    def fetched(self) -> int:
+        return sum(end - start for start, end in self.calls)
+
+
+def member_of(archive: bytes, name: str, *, with_crc: bool = True, window: int = 1 * MiB,
+              crc: int | None = None, size: int | None = None):
+    """A MemberReader for one member, its Source and its ZipInfo."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        info = zf.getinfo(name)
+    start = read_local_data_offset(io.BytesIO(archive), info.header_offset)
+    source = Source(archive)
+    reader = MemberReader(
+        source, data_start=start, compressed_size=info.compress_size,
+        size=info.file_size if size is None else size, method=info.compress_type,
+        crc32=(info.CRC if crc is None else crc) if with_crc else None,
+        crc_lookup=None if with_crc else (lambda: archive_crc(source, start,
+                                                              info.compress_size)),
+        name=name, window=window)
+    return reader, source, info
+
+
+def read_all(reader, size: int, step: int = 128 * KiB) -> bytes:
+    out = bytearray()
+    for offset in range(0, size, step):
+        out += reader.read(offset, step)
+    return bytes(out)
+
+
+def pyzip(tmp_path, method: str, files: dict[str, bytes]) -> bytes:
+    path, _ = build_pyzip(tmp_path, files, method, name=f"r-{method}.zip")
+    return path.read_bytes()
+
+
+def zstd_zip(tmp_path, files: dict[str, bytes]) -> bytes:
+    zstandard = pytest.importorskip("zstandard")
+    entries = [RawEntry(name.encode(), zstandard.ZstdCompressor(level=3).compress(data),
+                        method=protocol.ZSTD, size=len(data), crc=zlib.crc32(data))
+               for name, data in files.items()]
+    path = tmp_path / "zstd.zip"
+    write_raw_zip(path, entries)
+    return path.read_bytes()
+
+
+def archive_for(tmp_path, method: str, files: dict[str, bytes]) -> bytes:
+    if method == "zstd":
+        return zstd_zip(tmp_path, files)
+    if method == "deflate64":
+        try:
+            path, _ = build_7zz(tmp_path, files, method="Deflate64", name="d64.zip")
+        except MissingTool as exc:
+            pytest.skip(str(exc))
+        return path.read_bytes()
+    return pyzip(tmp_path, method, files)
+
+
+METHODS = ["store", "deflate", "bzip2", "lzma", "deflate64", "zstd"]
+
+
+# -- plain files -------------------------------------------------------------------------------
+
+
+def test_range_reader_sequential_reads_grow_and_stay_few():
+    source = Source(BIG)
+    reader = RangeReader(source, len(BIG), window=1 * MiB)
+    assert read_all(reader, len(BIG)) == BIG
+    # 128 KiB kernel reads, requests doubling to the 1 MiB window: far fewer than 26 requests.
+    assert len(source.calls) <= 6
+    assert source.fetched == len(BIG)
+
+
+def test_range_reader_random_reads_and_edges():
+    source = Source(SMALL)
+    reader = RangeReader(source, len(SMALL), window=256 * KiB)
+    rng = random.Random(3)
+    for _ in range(200):
+        offset = rng.randrange(len(SMALL) + 10)
+        length = rng.randrange(1, 70_000)
+        assert reader.read(offset, length) == SMALL[offset:offset + length]
+    assert reader.read(len(SMALL), 10) == b""
+    assert RangeReader(Source(b""), 0).read(0, 100) == b""
+
+
+def test_range_reader_short_body_is_an_error():
+    reader = RangeReader(lambda start, end: b"x" * (end - start - 1), 1000)
+    with pytest.raises(TransferError):
+        reader.read(0, 100)
+
+
+# -- members: every method ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_member_sequential_read_matches(tmp_path, method):
+    archive = archive_for(tmp_path, method, {"big.bin": BIG, "small.txt": SMALL})
+    for name, original in (("big.bin", BIG), ("small.txt", SMALL)):
+        reader, source, _ = member_of(archive, name)
+        assert read_all(reader, len(original)) == original
+        assert reader.restarts == 1, "sequential reads keep one decoder"
+        assert reader.read(len(original), 100) == b""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_member_without_listed_crc_is_checked_from_the_archive(tmp_path, method):
+    archive = archive_for(tmp_path, method, {"big.bin": BIG})
+    reader, _, info = member_of(archive, "big.bin", with_crc=False)
+    assert read_all(reader, len(BIG)) == BIG
+
+
+@pytest.mark.parametrize("method", ["store", "deflate", "zstd"])
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_member_random_reads_match(tmp_path_factory, method, data):
+    archive = archive_for(tmp_path_factory.mktemp("z"), method, {"big.bin": BIG})
+    reader, _, _ = member_of(archive, "big.bin", window=512 * KiB)
+    for _ in range(data.draw(st.integers(1, 6))):
+        offset = data.draw(st.integers(0, len(BIG) + 5))
+        length = data.draw(st.integers(1, 300 * KiB))
+        assert reader.read(offset, length) == BIG[offset:offset + length]
+
+
+def test_backward_seek_restarts_and_reordered_reads_hit_the_window(tmp_path):
+    archive = pyzip(tmp_path, "deflate", {"big.bin": BIG})
+    reader, _, _ = member_of(archive, "big.bin", window=1 * MiB)
+    step = 128 * KiB
+    # The kernel may swap neighbouring read-ahead requests: served from the window.
+    order = [0, 2, 1, 3, 5, 4, 6]
+    for i in order:
+        assert reader.read(i * step, step) == BIG[i * step:(i + 1) * step]
+    assert reader.restarts == 1
+    assert reader.read(3 * MiB, 10) == BIG[3 * MiB:3 * MiB + 10]  # ahead: decoded through
+    assert reader.restarts == 1
+    assert reader.read(0, 10) == BIG[:10]  # long gone from the window: a new decoder
+    assert reader.restarts == 2
+
+
+def test_stored_member_jumps_instead_of_reading_through(tmp_path):
+    archive = pyzip(tmp_path, "store", {"big.bin": BIG})
+    reader, source, _ = member_of(archive, "big.bin", window=256 * KiB)
+    assert reader.read(3 * MiB, 4096) == BIG[3 * MiB:3 * MiB + 4096]
+    assert reader.read(1 * MiB, 4096) == BIG[1 * MiB:1 * MiB + 4096]
+    assert source.fetched < 600 * KiB, "random access to a stored member fetches little"
+
+
+def test_parallel_readers_of_one_handle(tmp_path):
+    archive = pyzip(tmp_path, "deflate", {"big.bin": BIG})
+    reader, _, _ = member_of(archive, "big.bin", window=1 * MiB)
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(15):
+                offset = rng.randrange(len(BIG))
+                assert reader.read(offset, 65536) == BIG[offset:offset + 65536]
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+# -- members: errors ---------------------------------------------------------------------------
+
+
+def test_small_member_with_wrong_crc_yields_no_bytes(tmp_path):
+    archive = pyzip(tmp_path, "deflate", {"small.txt": SMALL})
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        good = zf.getinfo("small.txt").CRC
+    reader, _, _ = member_of(archive, "small.txt", crc=good ^ 1)
+    with pytest.raises(CorruptArchive, match="CRC-32"):
+        reader.read(0, 4096)  # the first read already fails: checked whole before answering
+    with pytest.raises(CorruptArchive):
+        reader.read(0, 4096)  # and keeps failing
+
+
+def test_large_member_with_wrong_crc_fails_at_its_end(tmp_path):
+    archive = pyzip(tmp_path, "store", {"big.bin": BIG})
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        good = zf.getinfo("big.bin").CRC
+    reader, _, _ = member_of(archive, "big.bin", crc=good ^ 1, window=1 * MiB)
+    step = 128 * KiB
+    failed_at = None
+    for offset in range(0, len(BIG), step):
+        try:
+            assert reader.read(offset, step) == BIG[offset:offset + step]
+        except CorruptArchive as exc:
+            assert "CRC-32" in str(exc)
+            failed_at = offset
+            break
+    # Early windows were served; the read that decoded the end failed.
+    assert failed_at is not None and failed_at >= len(BIG) - 1 * MiB
+
+
+def test_crc_without_listing_comes_from_descriptor_or_local_header(tmp_path):
+    path, _ = build_stream_zip(tmp_path, {"a/data.txt": SMALL})  # streamed: data descriptors
+    archive = path.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        info = zf.getinfo("a/data.txt")
+    assert info.flag_bits & 0x08
+    start = read_local_data_offset(io.BytesIO(archive), info.header_offset)
+    assert archive_crc(Source(archive), start, info.compress_size) == info.CRC
+    reader, _, _ = member_of(archive, "a/data.txt", with_crc=False)
+    assert read_all(reader, len(SMALL)) == SMALL
+
+
+def test_corrupt_stored_member_without_listed_crc_yields_no_bytes(tmp_path):
+    archive = bytearray(pyzip(tmp_path, "store", {"x.bin": SMALL}))  # CRC in the local header
+    with zipfile.ZipFile(io.BytesIO(bytes(archive))) as zf:
+        info = zf.getinfo("x.bin")
+    start = read_local_data_offset(io.BytesIO(bytes(archive)), info.header_offset)
+    assert archive_crc(Source(bytes(archive)), start, info.compress_size) == info.CRC
+    archive[start + 1000] ^= 0xFF
+    reader, _, _ = member_of(bytes(archive), "x.bin", with_crc=False)
+    with pytest.raises(CorruptArchive, match="CRC-32"):
+        reader.read(0, 4096)
+
+
+def test_archive_crc_descriptor_without_signature(tmp_path):
+    data = b"hello descriptor " * 100
+    crc = zlib.crc32(data)
+    header = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0x08, 0, 0, 0, 0, 0, 0, 5, 0) + b"x.txt"
+    blob = header + data + struct.pack("<3L", crc, len(data), len(data))
+    assert archive_crc(Source(blob), len(header), len(data)) == crc
+    # A header that does not end exactly at the data is not taken for this member's.
+    assert archive_crc(Source(b"\0" * 40 + data), 40, len(data)) is None
+
+
+def test_truncated_and_oversized_members_are_errors(tmp_path):
+    archive = pyzip(tmp_path, "deflate", {"small.txt": SMALL})
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        info = zf.getinfo("small.txt")
+    start = read_local_data_offset(io.BytesIO(archive), info.header_offset)
+    short = MemberReader(Source(archive), data_start=start,
+                         compressed_size=info.compress_size // 2, size=info.file_size,
+                         method=8, crc32=info.CRC, name="short")
+    with pytest.raises(CorruptArchive):
+        short.read(0, 4096)
+    lying, _, _ = member_of(archive, "small.txt", size=info.file_size - 10)
+    with pytest.raises(CorruptArchive):
+        lying.read(0, 4096)
+    garbage = MemberReader(Source(b"\xff" * 5000), data_start=0, compressed_size=5000,
+                           size=10000, method=8, crc32=0, name="garbage")
+    with pytest.raises(CorruptArchive):
+        garbage.read(0, 4096)
+
+
+def test_unsupported_method_fails_at_open():
+    with pytest.raises(UnsupportedMethod):
+        MemberReader(Source(b"x"), data_start=0, compressed_size=1, size=1, method=99)
+
+
+def test_decompression_bomb_is_bounded():
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
+    raw = bomb.compress(b"\0" * (64 * MiB)) + bomb.flush()
+    reader = MemberReader(Source(raw), data_start=0, compressed_size=len(raw), size=1000,
+                          method=8, crc32=None, name="bomb", window=1 * MiB)
+    with pytest.raises(CorruptArchive, match="longer than"):
+        reader.read(0, 4096)

@@ -1,0 +1,385 @@
+"""The mount's tree and caches over an in-memory storage (no server, no FUSE)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import threading
+import time
+import zipfile
+
+import pytest
+
+from storagefs import protocol
+from storagefs.cache import CachedBackend, MetadataCache, SignedUrlCache, url_expiry
+from storagefs.errors import CorruptArchive, InvalidRequest, NotFound, PermissionDenied
+from storagefs.vfs import (ARCHIVE, FILE, FOLDER, MEMBER, MEMBER_DIR, VFS, IsADirectory,
+                           NotADirectory, safe_parts)
+
+from archives import build_pyzip, build_stream_zip, mixed_bytes, read_local_data_offset, sample_files
+
+WHEN = dt.datetime(2025, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
+
+
+class FakeStorage:
+    """A ``vfs.Backend`` over ``{storage path: bytes}``, counting what it is asked."""
+
+    def __init__(self, files: dict[str, bytes], *, with_crc: bool = True) -> None:
+        self.files = dict(files)
+        self.with_crc = with_crc
+        self.listings: dict[str, protocol.ZipListing] = {}  # hand-made archive listings
+        self.calls: list[tuple] = []
+        self.refuse_reads = 0  # answer this many reads with 403
+        self.broken_ranges = False
+
+    def _folders(self) -> set[str]:
+        found = {""}
+        for path in self.files:
+            parts = path.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                found.add("/".join(parts[:i]))
+        return found
+
+    def list_folder(self, path: str) -> list[protocol.StorageFile]:
+        self.calls.append(("list", path))
+        if path not in self._folders():
+            raise NotFound(f"no folder {path}")
+        prefix = path + "/" if path else ""
+        names: dict[str, protocol.StorageFile] = {}
+        for name, data in self.files.items():
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix):]
+            head, sep, _ = rest.partition("/")
+            if sep:
+                names[head + "/"] = protocol.StorageFile(head + "/", None, None, True, "LOCAL", "r")
+            else:
+                names[head] = protocol.StorageFile(head, len(data), WHEN, False, "LOCAL", "r")
+        return sorted(names.values(), key=lambda f: f.name)
+
+    def zip_listing(self, path: str, version=None) -> protocol.ZipListing:
+        self.calls.append(("zip", path))
+        if path in self.listings:
+            return self.listings[path]
+        data = self.files[path]
+        entries = []
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for info in zf.infolist():
+                start = read_local_data_offset(io.BytesIO(data), info.header_offset)
+                entries.append(protocol.ZipEntry(
+                    name=info.filename, size=info.file_size, compressed_size=info.compress_size,
+                    range_start=start, creation_time=dt.datetime(*info.date_time),
+                    compress_type=info.compress_type, crc32=info.CRC if self.with_crc else None))
+        return protocol.ZipListing(size=len(data), contents=entries)
+
+    def member_range(self, path: str, member: str, version=None) -> protocol.ZipRange:
+        self.calls.append(("range", path, member))
+        if self.broken_ranges:
+            raise InvalidRequest("path may not contain '..'")
+        for entry in self.zip_listing(path).contents:
+            if entry.name == member:
+                return protocol.ZipRange(entry.range_start,
+                                         entry.range_start + entry.compressed_size - 1,
+                                         entry.compress_type)
+        raise NotFound(member)
+
+    def space_used(self) -> int:
+        self.calls.append(("space",))
+        return sum(len(d) for d in self.files.values())
+
+    def download_url(self, path: str) -> str:
+        self.calls.append(("url", path))
+        return f"mem:///{path}?expires={int(time.time()) + 3600}"
+
+    def forget_url(self, path: str) -> None:
+        self.calls.append(("forget", path))
+
+    def read_range(self, url: str, start: int, end_inclusive: int) -> bytes:
+        self.calls.append(("read", url, start, end_inclusive))
+        if self.refuse_reads:
+            self.refuse_reads -= 1
+            raise PermissionDenied("signed URL has expired")
+        path = url[len("mem:///"):].split("?")[0]
+        return self.files[path][start:end_inclusive + 1]
+
+    def count(self, kind: str) -> int:
+        return sum(1 for call in self.calls if call[0] == kind)
+
+
+@pytest.fixture(scope="module")
+def storage_files(tmp_path_factory) -> dict[str, bytes]:
+    tmp = tmp_path_factory.mktemp("vfs")
+    output, _ = build_pyzip(tmp, sample_files(), "deflate", dir_entries=False, name="out.zip")
+    stream, _ = build_stream_zip(tmp, {"logs/run.log": mixed_bytes(5, 300_000)}, name="s.zip")
+    return {
+        "task1/output.zip": output.read_bytes(),
+        "task1/notes.txt": b"some notes\n",
+        "task2/output.zip": stream.read_bytes(),
+        "task2/deep/er/data.csv": b"a,b\n1,2\n",
+        "top.ZIP": output.read_bytes(),
+    }
+
+
+def make_vfs(files, **kwargs) -> tuple[VFS, FakeStorage]:
+    storage = FakeStorage(files, with_crc=kwargs.pop("with_crc", True))
+    return VFS(CachedBackend(storage), **kwargs), storage
+
+
+def read_whole(vfs: VFS, path: str) -> bytes:
+    reader = vfs.open(path)
+    out = bytearray()
+    while True:
+        chunk = reader.read(len(out), 128 * 1024)
+        if not chunk:
+            break
+        out += chunk
+    reader.close()
+    return bytes(out)
+
+
+# -- the tree ----------------------------------------------------------------------------------
+
+
+def test_folders_files_and_archives(storage_files):
+    vfs, _ = make_vfs(storage_files)
+    assert [e.name for e in vfs.list("/")] == ["task1", "task2", "top.ZIP"]
+    assert vfs.lookup("/task1").kind == FOLDER
+    notes = vfs.lookup("/task1/notes.txt")
+    assert (notes.kind, notes.size, notes.mtime) == (FILE, 11, WHEN.timestamp())
+    archive = vfs.lookup("/task1/output.zip")
+    assert archive.kind == ARCHIVE and archive.is_dir
+    assert vfs.lookup("/top.ZIP").kind == ARCHIVE  # any case
+    assert [e.name for e in vfs.list("/task1/output.zip")] == ["artifacts"]
+    names = sorted(e.name for e in vfs.list("/task1/output.zip/artifacts"))
+    assert names == sorted(["stdout.txt", "stderr.txt", "sub", "résumé ü.txt", "empty.txt"])
+    member = vfs.lookup("/task1/output.zip/artifacts/stdout.txt")
+    assert member.kind == MEMBER and member.size == 40_000 and 0 < member.stored < 40_000
+    assert vfs.lookup("/task1/output.zip/artifacts/sub").kind == MEMBER_DIR  # implied
+    assert vfs.lookup("/task2/deep/er/data.csv").size == 8
+
+
+def test_missing_paths_and_wrong_kinds(storage_files):
+    vfs, _ = make_vfs(storage_files)
+    for path in ("/nope", "/task1/nope.txt", "/task1/output.zip/nope", "/task1/output.zip/artifacts/x"):
+        with pytest.raises(NotFound):
+            vfs.lookup(path)
+    with pytest.raises(NotADirectory):
+        vfs.lookup("/task1/notes.txt/inside")
+    with pytest.raises(NotADirectory):
+        vfs.list("/task1/notes.txt")
+    with pytest.raises(IsADirectory):
+        vfs.open("/task1/output.zip")
+
+
+def test_listings_are_per_folder_and_cached(storage_files):
+    vfs, storage = make_vfs(storage_files)
+    vfs.list("/")
+    assert storage.calls == [("list", "")]
+    vfs.lookup("/task2/deep/er/data.csv")
+    assert [c for c in storage.calls if c[0] == "list"] == [
+        ("list", ""), ("list", "task2"), ("list", "task2/deep"), ("list", "task2/deep/er")]
+    for _ in range(3):
+        vfs.list("/task1")
+        vfs.lookup("/task1/output.zip/artifacts/sub/data.bin")
+    assert storage.count("list") == 5 and storage.count("zip") == 1
+    assert storage.count("read") == 0 and storage.count("url") == 0  # no data for metadata
+
+
+def test_zip_as_file(storage_files):
+    vfs, storage = make_vfs(storage_files, zip_as_dir=False)
+    entry = vfs.lookup("/task1/output.zip")
+    assert entry.kind == FILE and entry.size == len(storage_files["task1/output.zip"])
+    assert read_whole(vfs, "/task1/output.zip") == storage_files["task1/output.zip"]
+    assert storage.count("zip") == 0
+
+
+def test_inode_numbers_are_stable(storage_files):
+    clock = [0.0]
+    storage = FakeStorage(storage_files)
+    vfs = VFS(CachedBackend(storage, ttl=10, clock=lambda: clock[0]))
+    paths = ["/task1", "/task1/notes.txt", "/task1/output.zip", "/task1/output.zip/artifacts/stdout.txt"]
+    first = [vfs.lookup(p).ino for p in paths]
+    clock[0] += 100  # listings expire and are fetched again
+    second = [vfs.lookup(p).ino for p in paths]
+    assert first == second and len(set(first)) == len(first)
+    assert vfs.lookup("/").ino == 1
+    assert storage.count("list") == 4  # twice "" and "task1"
+
+
+def test_member_names_never_leave_their_archive():
+    names = ["../../etc/passwd", "/abs/x.txt", "a/../../b.txt", "nul\x00.txt", "./c.txt", "..",
+             "/", "d\\e.txt", "dup.txt", "dup.txt", "x", "x/y.txt", "z/", "z", "\udcff.bin"]
+    entries = [protocol.ZipEntry(n, i, i, 100 + i, WHEN, 0, 0) for i, n in enumerate(names)]
+    storage = FakeStorage({"h/evil.zip": b"PK"})
+    storage.listings["h/evil.zip"] = protocol.ZipListing(2, entries)
+    vfs = VFS(CachedBackend(storage))
+    seen = []
+
+    def walk(path: str) -> None:
+        for entry in vfs.list(path):
+            assert entry.name not in ("", ".", "..") and "/" not in entry.name
+            assert "\x00" not in entry.name
+            entry.name.encode("utf-8")  # a valid file name
+            assert entry.path.startswith("/h/evil.zip/")
+            seen.append(entry.path[len("/h/evil.zip/"):] + ("/" if entry.is_dir else ""))
+            if entry.is_dir:
+                walk(entry.path)
+
+    walk("/h/evil.zip")
+    assert sorted(seen) == sorted(["etc/", "etc/passwd", "abs/", "abs/x.txt", "a/", "a/b.txt",
+                                   "nul", "c.txt", "d\\e.txt", "dup.txt", "x/", "x/y.txt",
+                                   "z/", "\ufffd.bin"])
+    assert vfs.lookup("/h/evil.zip/dup.txt").size == 9  # the later duplicate wins
+    assert vfs.lookup("/h/evil.zip/x").kind == MEMBER_DIR  # a folder wins over a file
+    assert vfs.lookup("/h/evil.zip/z").kind == MEMBER_DIR
+
+
+def test_safe_parts():
+    assert safe_parts("/../a//./b/") == ["a", "b"]
+    assert safe_parts("a\x00/../../etc") == ["a"]
+    assert safe_parts("..") == []
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_crc", [True, False])
+def test_read_every_member_and_file(storage_files, with_crc):
+    vfs, storage = make_vfs(storage_files, with_crc=with_crc)
+    for name, data in sample_files().items():
+        assert read_whole(vfs, "/task1/output.zip/" + name) == data
+    assert read_whole(vfs, "/task1/notes.txt") == b"some notes\n"
+    assert read_whole(vfs, "/task2/output.zip/logs/run.log") == mixed_bytes(5, 300_000)
+    assert storage.count("url") == 3  # one signed URL per object, reused
+    assert storage.count("range") == len(sample_files()) + 1
+
+
+def test_member_range_falls_back_to_the_listing(storage_files):
+    vfs, storage = make_vfs(storage_files)
+    storage.broken_ranges = True
+    data = sample_files()["artifacts/stdout.txt"]
+    assert read_whole(vfs, "/task1/output.zip/artifacts/stdout.txt") == data
+
+
+def test_refused_url_is_renewed_once(storage_files):
+    vfs, storage = make_vfs(storage_files)
+    reader = vfs.open("/task1/notes.txt")
+    storage.refuse_reads = 1
+    assert reader.read(0, 100) == b"some notes\n"
+    assert storage.count("url") == 2  # the cached URL was dropped and a new one asked for
+    storage.refuse_reads = 2
+    with pytest.raises(PermissionDenied):
+        vfs.open("/task1/notes.txt").read(0, 100)
+
+
+@pytest.mark.parametrize("with_crc", [True, False])
+def test_corrupt_member_is_an_error_not_wrong_bytes(storage_files, with_crc):
+    files = dict(storage_files)
+    archive = bytearray(files["task1/output.zip"])
+    vfs, storage = make_vfs(files, with_crc=with_crc)
+    entry = vfs.lookup("/task1/output.zip/artifacts/stderr.txt")  # stored: 11 bytes
+    start = entry.member.data_start
+    archive[start] ^= 0x01
+    storage.files["task1/output.zip"] = bytes(archive)
+    with pytest.raises(CorruptArchive):
+        vfs.open("/task1/output.zip/artifacts/stderr.txt").read(0, 4096)
+
+
+# -- caches ------------------------------------------------------------------------------------
+
+
+def test_metadata_cache_ttl_negative_ttl_and_single_flight():
+    clock = [0.0]
+    cache = MetadataCache(ttl=10, negative_ttl=2, clock=lambda: clock[0])
+    assert cache.get("a", lambda: 1) == 1
+    assert cache.get("a", lambda: 2) == 1
+    clock[0] = 11
+    assert cache.get("a", lambda: 3) == 3
+
+    def missing():
+        raise NotFound("gone")
+
+    with pytest.raises(NotFound):
+        cache.get("b", missing)
+    with pytest.raises(NotFound):
+        cache.get("b", lambda: "never asked")  # remembered
+    clock[0] = 14
+    assert cache.get("b", lambda: "back") == "back"
+
+    def failing():
+        raise RuntimeError("transient")
+
+    with pytest.raises(RuntimeError):
+        cache.get("c", failing)
+    assert cache.get("c", lambda: "ok") == "ok"  # other errors are not remembered
+
+    gate = threading.Event()
+    loads = []
+
+    def slow():
+        loads.append(1)
+        gate.wait(5)
+        return "slow"
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get("d", slow)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in threads:
+        t.join()
+    assert results == ["slow"] * 8 and len(loads) == 1
+
+
+def test_url_expiry_formats():
+    assert url_expiry("http://h/-/a?op=download&expires=1700000000&sig=ab", 0) == 1700000000
+    gcs = ("https://storage.googleapis.com/b/p?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+           "&X-Goog-Date=20250101T000000Z&X-Goog-Expires=3600&X-Goog-Signature=x")
+    assert url_expiry(gcs, 0) == dt.datetime(2025, 1, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+    aws = "https://b.s3.amazonaws.com/k?X-Amz-Date=20250101T000000Z&X-Amz-Expires=60"
+    assert url_expiry(aws, 0) == dt.datetime(2025, 1, 1, 0, 1, tzinfo=dt.timezone.utc).timestamp()
+    assert url_expiry("https://h/x?Expires=123", 0) == 123
+    assert url_expiry("https://h/x", 0) is None
+
+
+def test_signed_urls_are_reused_until_shortly_before_expiry():
+    now = [1000.0]
+    cache = SignedUrlCache(default_ttl=50, clock=lambda: now[0])
+    issued = []
+
+    def load():
+        issued.append(now[0])
+        return f"http://h/x?expires={int(now[0]) + 1000}"
+
+    cache.get("x", load)
+    now[0] += 850
+    cache.get("x", load)
+    assert len(issued) == 1
+    now[0] += 60  # within the last tenth of the lifetime: renewed
+    cache.get("x", load)
+    assert len(issued) == 2
+    cache.invalidate("x")
+    cache.get("x", load)
+    assert len(issued) == 3
+    cache.get("y", lambda: "http://h/y")  # no expiry in the URL: default_ttl
+    now[0] += 51
+    assert cache.get("y", lambda: "http://h/y2") == "http://h/y2"
+
+
+def test_cached_backend_keys_archives_by_version(storage_files):
+    storage = FakeStorage(storage_files)
+    backend = CachedBackend(storage, ttl=0.0001)
+    backend.zip_listing("task1/output.zip", (1, 2))
+    time.sleep(0.01)
+    backend.zip_listing("task1/output.zip", (1, 2))  # archives outlive the metadata TTL
+    assert storage.count("zip") == 1
+    backend.zip_listing("task1/output.zip", (3, 4))  # replaced archive: a new listing
+    assert storage.count("zip") == 2
+
+
+def test_space_used(storage_files):
+    vfs, _ = make_vfs(storage_files)
+    assert vfs.space_used() == sum(len(d) for d in storage_files.values())
+
