@@ -1,0 +1,187 @@
+"""The FUSE side: the only module that imports ``fuse`` (fusepy).
+
+``StorageOperations`` translates and does not think: each call resolves a path through
+``vfs.VFS``, calls one method and shapes a stat dict or bytes. Exceptions become errno numbers
+in one place, ``__call__``; fusepy 3.0.1 would end the whole mount on an ``OSError`` whose
+errno is not a positive int, so nothing else ever reaches it.
+
+``serve_forever`` runs the FUSE loop in this process (multithreaded, in the foreground from
+libfuse's point of view; ``storagefs mount`` without ``--foreground`` runs it in a child
+process and waits until the mount answers, see ``mountcli``). libfuse's own SIGINT/SIGTERM/
+SIGHUP handlers end the loop and unmount cleanly.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+from typing import Callable
+
+from fuse import FUSE, FuseOSError, Operations
+
+from . import codecs
+from .errors import CorruptArchive, StorageError, UnsupportedMethod
+from .vfs import VFS, Entry
+
+log = logging.getLogger(__name__)
+
+BLOCK = 4096  # f_bsize / f_frsize reported to df
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno a failed operation answers with (always a positive int)."""
+    if isinstance(exc, (UnsupportedMethod, CorruptArchive)):
+        return errno.EIO  # a member we cannot return correctly is an I/O error
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and isinstance(code, int) and code > 0:
+        return code
+    return errno.EIO
+
+
+class StorageOperations(Operations):
+    """FUSE operations over a ``VFS``; read-only (writes answer EROFS)."""
+
+    use_ns = True
+
+    def __init__(self, vfs: VFS, *, uid: int | None = None, gid: int | None = None,
+                 on_ready: Callable[[], None] | None = None) -> None:
+        self.vfs = vfs
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.on_ready = on_ready
+        self._handles: dict[int, object] = {}
+        self._next_handle = 1
+        self._lock = threading.Lock()
+
+    # -- errors: the one place -------------------------------------------------------------------
+
+    def __call__(self, op: str, *args):
+        try:
+            return super().__call__(op, *args)
+        except FuseOSError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - everything must become an errno
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            code = errno_for(exc)
+            path = args[0] if args and isinstance(args[0], str) else ""
+            if code == errno.EIO or not isinstance(exc, OSError):
+                if isinstance(exc, StorageError):
+                    log.error("%s %s: %s", op, path, exc)
+                else:
+                    log.exception("%s %s: unexpected error", op, path)
+            else:
+                log.debug("%s %s: %s", op, path, exc)
+            raise FuseOSError(code) from None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def init(self, path: str) -> None:
+        if self.on_ready is not None:
+            self.on_ready()
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def getattr(self, path: str, fh=None) -> dict:
+        return self._stat(self.vfs.lookup(path))
+
+    def readdir(self, path: str, fh) -> list[str]:
+        return [".", ".."] + [entry.name for entry in self.vfs.list(path)]
+
+    def opendir(self, path: str) -> int:
+        if not self.vfs.lookup(path).is_dir:
+            raise FuseOSError(errno.ENOTDIR)
+        return 0
+
+    def statfs(self, path: str) -> dict:
+        try:
+            used = self.vfs.space_used()
+        except StorageError as exc:  # df should not fail because the API is slow
+            log.warning("statfs: space used unknown: %s", exc)
+            used = 0
+        blocks = -(-used // BLOCK)
+        files = len(self.vfs.inodes)
+        return dict(f_bsize=BLOCK, f_frsize=BLOCK, f_blocks=blocks, f_bfree=0, f_bavail=0,
+                    f_files=files, f_ffree=0, f_favail=0, f_namemax=255)
+
+    def _stat(self, entry: Entry) -> dict:
+        mtime_ns = int((entry.mtime or 0) * 1e9)
+        if entry.is_dir:
+            mode = stat.S_IFDIR | 0o555
+        else:
+            mode = stat.S_IFREG | 0o444
+        return dict(st_mode=mode, st_ino=entry.ino, st_nlink=1, st_uid=self.uid,
+                    st_gid=self.gid, st_size=entry.size, st_blocks=-(-entry.stored // 512),
+                    st_blksize=BLOCK, st_atime=mtime_ns, st_mtime=mtime_ns, st_ctime=mtime_ns)
+
+    def getxattr(self, path: str, name: str, position: int = 0):
+        raise FuseOSError(errno.ENODATA)
+
+    # -- data --------------------------------------------------------------------------------------
+
+    def open(self, path: str, flags: int) -> int:
+        if flags & _WRITE_FLAGS:
+            raise FuseOSError(errno.EROFS)
+        reader = self.vfs.open(path)
+        with self._lock:
+            handle = self._next_handle
+            self._next_handle += 1
+            self._handles[handle] = reader
+        return handle
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        with self._lock:
+            reader = self._handles.get(fh)
+        if reader is None:
+            raise FuseOSError(errno.EBADF)
+        return reader.read(offset, size)
+
+    def release(self, path: str, fh: int) -> int:
+        with self._lock:
+            reader = self._handles.pop(fh, None)
+        if reader is not None:
+            reader.close()
+        return 0
+
+    # -- writes: a read-only file system ---------------------------------------------------------
+
+    def _read_only(self, *args):
+        raise FuseOSError(errno.EROFS)
+
+    create = mkdir = mknod = unlink = rmdir = rename = link = symlink = _read_only
+    chmod = chown = truncate = utimens = write = setxattr = removexattr = _read_only
+
+
+def fuse_options(extra: dict[str, str | bool], *, metadata_ttl: float) -> dict:
+    """Options for libfuse: read-only, our name, kernel caches as long as ours, then the user's."""
+    ttl = max(0.0, min(metadata_ttl, 3600.0))
+    options: dict[str, str | bool] = {
+        "ro": True,
+        "default_permissions": True,
+        "fsname": "storagefs",
+        "subtype": "storagefs",
+        "use_ino": True,
+        "entry_timeout": f"{ttl:g}",
+        "attr_timeout": f"{ttl:g}",
+        "negative_timeout": "1",
+    }
+    for name, value in extra.items():
+        if name in ("rw",):
+            continue  # a read-only file system, whatever fstab says
+        options[name] = value
+    return options
+
+
+def serve_forever(operations: StorageOperations, mountpoint: str, options: dict,
+                  debug: bool = False) -> None:
+    """Mount and answer until unmounted or signalled (libfuse handles SIGINT/SIGTERM)."""
+    FUSE(operations, mountpoint, foreground=True, nothreads=False, raw_fi=False, debug=debug,
+         encoding="utf-8", **options)
+
+
+def supported_methods_text() -> str:
+    return ", ".join(codecs.method_name(m) for m in codecs.supported_methods())
