@@ -71,7 +71,8 @@ class StorageOperations(Operations):
             path = args[0] if args and isinstance(args[0], str) else ""
             if code == errno.EIO or not isinstance(exc, OSError):
                 if isinstance(exc, StorageError):
-                    log.error("%s %s: %s", op, path, exc)
+                    text = str(exc)  # readers name their file already
+                    log.error("%s %s", op, text if text.startswith(path) else f"{path}: {text}")
                 else:
                     log.exception("%s %s: unexpected error", op, path)
             else:

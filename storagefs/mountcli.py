@@ -169,6 +169,15 @@ def check_mountpoint(path: Path, options: dict) -> None:
     if not os.path.isdir(path):
         raise MountError(f"mount point {path} is not a folder")
     if os.path.ismount(path):
+        # The kernel may answer stat from its cache for a while after the server died;
+        # listing the folder always asks the server.
+        try:
+            with os.scandir(path) as entries:
+                next(entries, None)
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                raise MountError(f"{path} is a stale mount: the process that served it is "
+                                 f"gone (clean it up: storagefs umount {path})") from None
         raise MountError(f"{path} is already a mount point (unmount it first: "
                          f"storagefs umount {path})")
     if os.geteuid() != 0 and (st.st_uid != os.geteuid() or not os.access(path, os.W_OK)):

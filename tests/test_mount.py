@@ -1,0 +1,599 @@
+"""``storagefs mount`` for real: the reference server, a FUSE mount, and the usual tools.
+
+The FUSE operations are first checked without a mount (errno mapping, stat shapes); then one
+module-wide mount serves archives from every producer and method, and separate short mounts
+cover signals, stale mount points, ``--zip-as file`` and the fstab helper. Every mount is
+unmounted in ``finally``; the mount's log must hold no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from storagefs import protocol
+from storagefs.cache import CachedBackend
+from storagefs.errors import CorruptArchive
+from storagefs.vfs import VFS
+
+from archives import (MissingTool, RawEntry, build_7zz, build_legacy_names, build_pyzip,
+                      build_stream_zip, build_zip_cli, mixed_bytes, sample_files, text_bytes,
+                      write_raw_zip)
+from conftest import require_fuse
+from test_vfs import FakeStorage
+
+ROOT = "mnt-tests"  # this module's top-level folder in the shared server
+MiB = 1 << 20
+
+
+# -- the FUSE operations without a mount ----------------------------------------------------------
+
+
+@pytest.fixture
+def ops(tmp_path):
+    pytest.importorskip("fuse", exc_type=OSError)
+    from storagefs.mount import StorageOperations
+
+    archive, _ = build_pyzip(tmp_path, {"a/b.txt": b"hello\n", "c.txt": b"x" * 5000}, "deflate")
+    storage = FakeStorage({"f/x.zip": archive.read_bytes(), "f/plain.txt": b"plain\n"})
+    return StorageOperations(VFS(CachedBackend(storage)), uid=1234, gid=5678), storage
+
+
+def fuse_errno(call) -> int:
+    from fuse import FuseOSError
+
+    with pytest.raises(FuseOSError) as info:
+        call()
+    assert isinstance(info.value.errno, int) and info.value.errno > 0
+    return info.value.errno
+
+
+def test_operations_stat_and_listing(ops):
+    operations, _ = ops
+    root = operations("getattr", "/", None)
+    assert root["st_ino"] == 1 and root["st_mode"] & 0o170000 == 0o040000
+    member = operations("getattr", "/f/x.zip/c.txt", None)
+    assert (member["st_size"], member["st_uid"], member["st_gid"]) == (5000, 1234, 5678)
+    assert member["st_mode"] == 0o100444 and member["st_blocks"] == 1  # compressed: < 512 B
+    assert operations("readdir", "/f/x.zip", 0) == [".", "..", "a", "c.txt"]
+    assert operations("getattr", "/f/x.zip/a", None)["st_mode"] == 0o040555
+    handle = operations("open", "/f/x.zip/a/b.txt", os.O_RDONLY)
+    assert operations("read", "/f/x.zip/a/b.txt", 100, 0, handle) == b"hello\n"
+    operations("release", "/f/x.zip/a/b.txt", handle)
+    fs = operations("statfs", "/")
+    assert fs["f_bavail"] == 0 and fs["f_blocks"] >= 1
+
+
+def test_operations_errors_become_errno(ops, monkeypatch):
+    operations, storage = ops
+    assert fuse_errno(lambda: operations("getattr", "/nope", None)) == errno.ENOENT
+    assert fuse_errno(lambda: operations("getattr", "/f/plain.txt/x", None)) == errno.ENOTDIR
+    assert fuse_errno(lambda: operations("open", "/f/plain.txt", os.O_WRONLY)) == errno.EROFS
+    assert fuse_errno(lambda: operations("mkdir", "/f/new", 0o755)) == errno.EROFS
+    assert fuse_errno(lambda: operations("unlink", "/f/plain.txt")) == errno.EROFS
+    assert fuse_errno(lambda: operations("create", "/f/new.txt", 0o644)) == errno.EROFS
+
+    def boom(*args):
+        raise FileNotFoundError("no errno here")  # fusepy 3.0.1 would end the mount on this
+
+    monkeypatch.setattr(operations.vfs, "lookup", boom)
+    assert fuse_errno(lambda: operations("getattr", "/f", None)) == errno.EIO
+    monkeypatch.setattr(operations.vfs, "lookup", lambda p: 1 / 0)
+    assert fuse_errno(lambda: operations("getattr", "/f", None)) == errno.EIO
+
+    def corrupt(*args):
+        raise CorruptArchive("x: CRC-32 mismatch")
+
+    monkeypatch.setattr(operations.vfs, "open", corrupt)
+    assert fuse_errno(lambda: operations("open", "/f/x.zip/c.txt", os.O_RDONLY)) == errno.EIO
+
+
+# -- the storage served for the real mount ------------------------------------------------------
+
+
+def _zstd_archive(directory: Path, files: dict[str, bytes], name: str) -> Path:
+    zstandard = pytest.importorskip("zstandard")
+    entries = [RawEntry(member.encode(), zstandard.ZstdCompressor(level=3).compress(data),
+                        method=protocol.ZSTD, size=len(data), crc=zlib.crc32(data),
+                        descriptor=True)
+               for member, data in files.items()]
+    path = directory / name
+    write_raw_zip(path, entries)
+    return path
+
+
+def _sqlite_bytes(directory: Path) -> bytes:
+    path = directory / "results.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE results (step INTEGER PRIMARY KEY, residual REAL, label TEXT)")
+        db.executemany("INSERT INTO results VALUES (?, ?, ?)",
+                       ((i, 1.0 / (i + 1), f"step-{i:05d}") for i in range(20_000)))
+        db.commit()
+    return path.read_bytes()
+
+
+def _task_files() -> dict[str, bytes]:
+    """An output.zip as a task leaves it, with a result file larger than a decode window."""
+    return {
+        "artifacts/stdout.txt": text_bytes(21, 300_000) + b"NEEDLE-in-stdout\n",
+        "artifacts/stderr.txt": b"",
+        "artifacts/logs/solver.log": text_bytes(22, 120_000),
+        "artifacts/results/table.csv": b"step,residual\n" + b"".join(
+            f"{i},{1 / (i + 1):.6e}\n".encode() for i in range(5000)),
+        "artifacts/results/field.dat": mixed_bytes(23, 10 * MiB + 777),
+        "artifacts/nested/a/b/c/deep.txt": b"deep\n",
+    }
+
+
+class Served:
+    """What this module put in the server: {archive storage path: {member: bytes}}, files."""
+
+    def __init__(self) -> None:
+        self.archives: dict[str, dict[str, bytes]] = {}
+        self.plain: dict[str, bytes] = {}
+        self.methods: dict[str, set[int]] = {}
+
+
+@pytest.fixture(scope="module")
+def served(server, tmp_path_factory) -> Served:
+    build = tmp_path_factory.mktemp("mount-archives")
+    base = server.root / ROOT
+    base.mkdir(parents=True, exist_ok=True)
+    result = Served()
+    files = sample_files()
+    builders = {
+        "zip-deflate.zip": lambda: build_zip_cli(build, files, method="deflate", name="a.zip"),
+        "zip-store.zip": lambda: build_zip_cli(build, files, method="store", name="b.zip"),
+        "7zz-deflate.zip": lambda: build_7zz(build, files, method="Deflate"),
+        "7zz-deflate-stream.zip": lambda: build_7zz(build, files, method="Deflate", streamed=True),
+        "7zz-deflate64.zip": lambda: build_7zz(build, files, method="Deflate64"),
+        "7zz-deflate64-stream.zip": lambda: build_7zz(build, files, method="Deflate64",
+                                                      streamed=True),
+        "7zz-bzip2.zip": lambda: build_7zz(build, files, method="BZip2"),
+        "7zz-lzma.zip": lambda: build_7zz(build, files, method="LZMA"),
+        "7zz-store.zip": lambda: build_7zz(build, files, method="Copy"),
+        "stream-zip.zip": lambda: build_stream_zip(build, files, name="c.zip"),
+        "py-deflate.zip": lambda: build_pyzip(build, files, "deflate", name="d.zip"),
+        "py-bzip2.zip": lambda: build_pyzip(build, files, "bzip2", name="e.zip"),
+        "py-lzma.zip": lambda: build_pyzip(build, files, "lzma", name="f.zip"),
+        "zstd.zip": lambda: (_zstd_archive(build, files, "g.zip"), files),
+    }
+    for name, make in builders.items():
+        try:
+            path, members = make()
+        except MissingTool as exc:
+            if os.environ.get("STORAGEFS_REQUIRE_FUSE") == "1":
+                raise
+            print(f"skipping {name}: {exc}")
+            continue
+        (base / "producers").mkdir(exist_ok=True)
+        shutil.copyfile(path, base / "producers" / name)
+        result.archives[f"{ROOT}/producers/{name}"] = members
+        with zipfile.ZipFile(path) as zf:
+            result.methods[name] = {i.compress_type for i in zf.infolist() if not i.is_dir()}
+    # A task, streamed by 7-Zip as the task runner does by default.
+    task = _task_files()
+    (base / "task-0001").mkdir(exist_ok=True)
+    try:
+        path, _ = build_7zz(build, task, method="Deflate", streamed=True, name="task.zip")
+    except MissingTool:
+        path, _ = build_stream_zip(build, task, name="task.zip")
+    shutil.copyfile(path, base / "task-0001" / "output.zip")
+    result.archives[f"{ROOT}/task-0001/output.zip"] = task
+    # A SQLite database stored deflated inside a zip.
+    db = {"db/results.db": _sqlite_bytes(build)}
+    path, _ = build_pyzip(build, db, "deflate", name="db.zip")
+    (base / "sim").mkdir(exist_ok=True)
+    shutil.copyfile(path, base / "sim" / "db.zip")
+    result.archives[f"{ROOT}/sim/db.zip"] = db
+    # Legacy names (cp437, Unicode Path field, unflagged UTF-8).
+    path, expected = build_legacy_names(build)
+    shutil.copyfile(path, base / "sim" / "legacy.zip")
+    result.archives[f"{ROOT}/sim/legacy.zip"] = {n: n.encode() for n in expected}
+    # Plain files, read with ranged GETs too.
+    (base / "plain" / "sub").mkdir(parents=True, exist_ok=True)
+    result.plain = {f"{ROOT}/plain/big.bin": mixed_bytes(31, 3 * MiB + 5),
+                    f"{ROOT}/plain/sub/small.txt": b"small file\n",
+                    f"{ROOT}/plain/empty": b""}
+    for storage_path, data in result.plain.items():
+        (server.root / storage_path).write_bytes(data)
+    # Bad archives, kept apart so walks of the good ones stay clean.
+    bad = base / "bad"
+    bad.mkdir(exist_ok=True)
+    good, _ = build_pyzip(build, {"data.txt": text_bytes(41, 50_000)}, "store", name="h.zip")
+    raw = bytearray(good.read_bytes())
+    raw[raw.index(b"data.txt") + len(b"data.txt") + 100] ^= 0x55  # inside the stored data
+    (bad / "corrupt.zip").write_bytes(bytes(raw))
+    write_raw_zip(bad / "method99.zip", [RawEntry(b"aes.bin", b"\x01" * 64, method=99, size=64)])
+    write_raw_zip(bad / "hostile.zip", [RawEntry(b"../../escape.txt", b"out"),
+                                        RawEntry(b"/abs/root.txt", b"abs"),
+                                        RawEntry(b"ok/fine.txt", b"fine")])
+    return result
+
+
+# -- mounting helpers ---------------------------------------------------------------------------
+
+
+def storagefs(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "storagefs", *args], capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def force_unmount(mountpoint: Path) -> None:
+    for cmd in (["fusermount", "-u", str(mountpoint)], ["fusermount", "-uz", str(mountpoint)]):
+        try:
+            os.stat(mountpoint)
+            if not os.path.ismount(mountpoint):
+                return
+        except OSError:
+            pass  # stale: still needs unmounting
+        subprocess.run(cmd, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                if not os.path.ismount(mountpoint):
+                    os.stat(mountpoint)
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+
+def wait_mounted(mountpoint: Path, process: subprocess.Popen | None = None,
+                 timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"mount exited with {process.returncode}: "
+                                 f"{process.stderr.read() if process.stderr else ''}")
+        if os.path.ismount(mountpoint):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{mountpoint} not mounted within {timeout} s")
+
+
+def mount_args(server, mountpoint: Path, log: Path, *extra: str) -> list[str]:
+    return ["mount", str(mountpoint), "--api-url", server.url, "--api-key", server.api_key,
+            "--log-file", str(log), *extra]
+
+
+@contextlib.contextmanager
+def foreground_mount(server, mountpoint: Path, log: Path, *extra: str):
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([sys.executable, "-m", "storagefs",
+                                *mount_args(server, mountpoint, log, *extra), "--foreground"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_mounted(mountpoint, process)
+        yield process
+    finally:
+        force_unmount(mountpoint)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def assert_clean_log(log: Path) -> None:
+    text = log.read_text() if log.exists() else ""
+    assert "Traceback" not in text, text[-3000:]
+
+
+def object_reads(server) -> float:
+    return sum(v for k, v in server.metrics().items()
+               if k.startswith("storagefs_object_reads_total"))
+
+
+@pytest.fixture(scope="module")
+def mnt(server, served, tmp_path_factory):
+    """The module's mount, in the background mode users get by default."""
+    require_fuse()
+    work = tmp_path_factory.mktemp("mount")
+    mountpoint, log = work / "mnt", work / "mount.log"
+    mountpoint.mkdir()
+    result = storagefs(*mount_args(server, mountpoint, log))
+    try:
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(mountpoint), "the command returned before the mount was usable"
+        yield mountpoint
+    finally:
+        force_unmount(mountpoint)
+    assert not os.path.ismount(mountpoint)
+    assert_clean_log(log)
+    mnt.log = log  # type: ignore[attr-defined]
+
+
+def run(*cmd: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=120, **kwargs)
+
+
+# -- the real mount -----------------------------------------------------------------------------
+
+
+def test_producers_cover_every_method(served):
+    methods = set().union(*served.methods.values())
+    expected = {0, 8, 9, 12, 14, 93}
+    if len(served.methods) == 14:  # every producer was available
+        assert methods == expected
+
+
+def test_walks_show_everything_and_read_no_data(server, served, mnt):
+    before = object_reads(server)
+    listing = run("ls", "-lR", str(mnt / ROOT))
+    assert listing.returncode == 0, listing.stderr
+    found = run("find", str(mnt / ROOT / "producers"), str(mnt / ROOT / "task-0001"),
+                str(mnt / ROOT / "sim"), str(mnt / ROOT / "plain"), "-type", "f")
+    assert found.returncode == 0, found.stderr
+    expected = {f"{mnt}/{archive}/{member}" for archive, members in served.archives.items()
+                for member in members}
+    expected |= {f"{mnt}/{path}" for path in served.plain}
+    assert set(found.stdout.splitlines()) == expected
+    for archive, members in served.archives.items():
+        for member, data in members.items():
+            assert os.stat(mnt / archive / member).st_size == len(data)
+    out = run("stat", "-c", "%s %F %h", str(mnt / ROOT / "task-0001/output.zip/artifacts/stdout.txt"))
+    assert out.stdout.split()[:2] == [str(len(_task_files()["artifacts/stdout.txt"])), "regular"]
+    archive = mnt / ROOT / "task-0001" / "output.zip"
+    apparent = run("du", "-s", "-B1", "--apparent-size", str(archive)).stdout.split()[0]
+    assert int(apparent) == sum(len(d) for d in _task_files().values())
+    usage = int(run("du", "-s", "-B1", str(archive)).stdout.split()[0])
+    compressed = os.path.getsize(server.root / ROOT / "task-0001" / "output.zip")
+    assert 0 < usage <= compressed + 8 * 512  # du counts what the members take in storage
+    assert object_reads(server) == before, "listing, stat, find and du must not read data"
+
+
+def test_every_member_compares_equal(served, mnt, tmp_path):
+    originals = tmp_path / "orig"
+    count = 0
+    for archive, members in served.archives.items():
+        for member, data in members.items():
+            original = originals / archive / member
+            original.parent.mkdir(parents=True, exist_ok=True)
+            original.write_bytes(data)
+            result = run("cmp", str(original), str(mnt / archive / member))
+            assert result.returncode == 0, f"{archive}/{member}: {result.stdout}{result.stderr}"
+            count += 1
+    for path, data in served.plain.items():
+        assert (mnt / path).read_bytes() == data
+    assert count >= 60
+
+
+def test_grep_and_cp_out_of_an_archive(served, mnt, tmp_path):
+    archive = mnt / ROOT / "task-0001" / "output.zip"
+    grep = run("grep", "-r", "-l", "NEEDLE-in-stdout", str(archive / "artifacts"))
+    assert grep.stdout.splitlines() == [str(archive / "artifacts/stdout.txt")]
+    target = tmp_path / "copied"
+    result = run("cp", "-r", str(archive / "artifacts"), str(target))
+    assert result.returncode == 0, result.stderr
+    task = _task_files()
+    copied = {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert copied == {name.removeprefix("artifacts/"): data for name, data in task.items()}
+    assert (target / "nested/a/b/c").is_dir()
+
+
+def test_sqlite_database_inside_a_zip(mnt):
+    path = mnt / ROOT / "sim" / "db.zip" / "db" / "results.db"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)) as db:
+        count, total = db.execute("SELECT count(*), sum(step) FROM results").fetchone()
+        label = db.execute("SELECT label FROM results WHERE step = 12345").fetchone()[0]
+    assert (count, total, label) == (20_000, sum(range(20_000)), "step-12345")
+    if shutil.which("sqlite3"):
+        out = run("sqlite3", f"file:{path}?mode=ro&immutable=1",
+                  "SELECT max(step) FROM results WHERE residual > 0.001")
+        assert out.stdout.strip() == "998", out.stderr
+
+
+def test_legacy_and_hostile_names(served, mnt):
+    legacy = sorted(os.listdir(mnt / ROOT / "sim" / "legacy.zip" / "legacy"))
+    assert legacy == sorted(n.split("/", 1)[1] for n in served.archives[f"{ROOT}/sim/legacy.zip"])
+    hostile = mnt / ROOT / "bad" / "hostile.zip"
+    inside = sorted(str(p.relative_to(hostile)) for p in hostile.rglob("*"))
+    assert "ok/fine.txt" in inside
+    assert all(not name.startswith("..") for name in inside)
+    assert not (mnt / ROOT / "escape.txt").exists() and not (mnt / "escape.txt").exists()
+    assert not (mnt / ROOT / "bad" / "escape.txt").exists()
+
+
+def test_inode_numbers_are_stable(mnt):
+    path = mnt / ROOT / "task-0001" / "output.zip" / "artifacts" / "stdout.txt"
+    first = os.stat(path).st_ino
+    os.listdir(path.parent)
+    assert os.stat(path).st_ino == first
+    assert os.stat(path.parent).st_ino != first
+
+
+def test_writes_are_refused(mnt):
+    base = mnt / ROOT / "plain"
+    for action in (lambda: (base / "new.txt").write_bytes(b"x"),
+                   lambda: open(base / "big.bin", "r+b"),
+                   lambda: os.mkdir(base / "newdir"),
+                   lambda: os.unlink(base / "sub" / "small.txt"),
+                   lambda: os.rename(base / "big.bin", base / "moved.bin")):
+        with pytest.raises(OSError) as info:
+            action()
+        assert info.value.errno == errno.EROFS
+
+
+def test_corrupt_or_unsupported_member_is_eio(mnt):
+    bad = mnt / ROOT / "bad"
+    for path in (bad / "corrupt.zip" / "data.txt", bad / "method99.zip" / "aes.bin"):
+        with pytest.raises(OSError) as info:
+            path.read_bytes()
+        assert info.value.errno == errno.EIO, path
+    log = Path(str(mnt.parent / "mount.log")).read_text()
+    assert "corrupt.zip/data.txt" in log and "CRC-32" in log
+    assert "aes.bin" in log and "method 99" in log
+
+
+def test_many_readers_at_once(served, mnt):
+    task = _task_files()
+    archive = mnt / ROOT / "task-0001" / "output.zip"
+    jobs = [("artifacts/results/field.dat", i) for i in range(4)]
+    jobs += [(name, 0) for name in task]
+    jobs += [("p:" + path, 0) for path in served.plain]
+    errors: list[str] = []
+
+    def read(name: str, _: int) -> None:
+        if name.startswith("p:"):
+            path, want = mnt / name[2:], served.plain[name[2:]]
+        else:
+            path, want = archive / name, task[name]
+        digest = hashlib.sha256(path.read_bytes()).digest()
+        if digest != hashlib.sha256(want).digest():
+            errors.append(name)
+
+    threads = [threading.Thread(target=read, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+
+
+def test_df_reports_the_storage(server, mnt):
+    used = server.get("/storage/size").json()
+    st = os.statvfs(mnt)
+    assert st.f_blocks * st.f_frsize >= used > 0
+    assert st.f_bavail == 0
+
+
+def test_mount_refusals_are_one_line(server, served, mnt, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "already a mount point": [str(mnt)],
+        "does not exist": [str(tmp_path / "missing")],
+        "API key was refused": [str(empty), "--api-key", "wrong-key"],
+        "cannot reach": [str(empty), "--api-url", "http://127.0.0.1:9"],
+    }
+    for needle, args in cases.items():
+        cmd = ["mount", args[0], "--api-url", server.url, "--api-key", server.api_key, *args[1:]]
+        result = storagefs(*cmd)
+        assert result.returncode == 1, result
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], result.stderr
+        assert not os.path.ismount(empty)
+
+
+# -- separate mounts: signals, stale mount points, options, fstab -------------------------------
+
+
+def test_sigterm_unmounts_cleanly(server, served, tmp_path):
+    require_fuse()
+    mountpoint, log = tmp_path / "m", tmp_path / "m.log"
+    with foreground_mount(server, mountpoint, log) as process:
+        assert (mountpoint / ROOT / "plain" / "sub" / "small.txt").read_bytes() == b"small file\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+        assert not os.path.ismount(mountpoint)
+        os.stat(mountpoint)  # not stale
+    assert_clean_log(log)
+
+
+def test_stale_mount_point_gets_a_clear_message(server, tmp_path):
+    require_fuse()
+    mountpoint, log = tmp_path / "stale", tmp_path / "stale.log"
+    with foreground_mount(server, mountpoint, log) as process:
+        process.kill()  # no chance to unmount: the mount point is left stale
+        process.wait(10)
+        with pytest.raises(OSError) as info:
+            os.listdir(mountpoint)  # stat may still come from the kernel's attribute cache
+        assert info.value.errno == errno.ENOTCONN
+        result = storagefs(*mount_args(server, mountpoint, log))
+        assert result.returncode == 1
+        assert "stale mount" in result.stderr and "storagefs umount" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        cleaned = storagefs("umount", str(mountpoint))
+        assert cleaned.returncode == 0, cleaned.stderr
+        os.stat(mountpoint)
+        assert not os.path.ismount(mountpoint)
+
+
+def test_zip_as_file_and_umount_command(server, served, tmp_path):
+    require_fuse()
+    mountpoint, log = tmp_path / "raw", tmp_path / "raw.log"
+    mountpoint.mkdir()
+    result = storagefs(*mount_args(server, mountpoint, log, "--zip-as", "file",
+                                   "--metadata-ttl", "5", "-o", "uid=4321,gid=8765"))
+    try:
+        assert result.returncode == 0, result.stderr
+        archive = mountpoint / ROOT / "sim" / "db.zip"
+        assert archive.is_file()
+        assert archive.read_bytes() == (server.root / ROOT / "sim" / "db.zip").read_bytes()
+        st = os.stat(archive)
+        assert (st.st_uid, st.st_gid) == (4321, 8765)
+        done = storagefs("umount", str(mountpoint))
+        assert done.returncode == 0, done.stderr
+        assert not os.path.ismount(mountpoint)
+        again = storagefs("umount", str(mountpoint))
+        assert again.returncode == 1 and "not mounted" in again.stderr
+    finally:
+        force_unmount(mountpoint)
+    assert_clean_log(log)
+
+
+def test_fstab_helper(server, served, tmp_path):
+    require_fuse()
+    mountpoint, log = tmp_path / "fstab", tmp_path / "fstab.log"
+    mountpoint.mkdir()
+    key_file = tmp_path / "key"
+    key_file.write_text(server.api_key + "\n")
+    options = (f"noauto,_netdev,user,api_key_file={key_file},metadata_ttl=30,"
+               f"cache_size=64M,log_file={log},default_permissions")
+    result = subprocess.run([sys.executable, "-m", "storagefs.mountcli", server.url,
+                             str(mountpoint), "-o", options], capture_output=True, text=True,
+                            timeout=60)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(mountpoint)
+        assert (mountpoint / ROOT / "plain" / "sub" / "small.txt").read_bytes() == b"small file\n"
+    finally:
+        force_unmount(mountpoint)
+    assert_clean_log(log)
+
+
+def test_missing_fuse_is_reported(monkeypatch, capsys, tmp_path):
+    from storagefs import mountcli
+
+    real_exists = os.path.exists
+    monkeypatch.setattr(mountcli.os.path, "exists",
+                        lambda p: False if p == "/dev/fuse" else real_exists(p))
+    config = mountcli.MountConfig(mountpoint=tmp_path)
+    client = mountcli.ClientConfig(api_url="http://127.0.0.1:9", api_key="k")
+    assert mountcli.run(config, client) == 1
+    err = capsys.readouterr().err
+    assert "/dev/fuse is missing" in err and "modprobe fuse" in err
+
+
+def test_server_going_away_gives_errors_not_hangs(tmp_path, make_server):
+    require_fuse()
+    srv = make_server()
+    (srv.root / "d").mkdir()
+    (srv.root / "d" / "f.txt").write_bytes(b"data\n")
+    mountpoint, log = tmp_path / "gone", tmp_path / "gone.log"
+    with foreground_mount(srv, mountpoint, log, "--metadata-ttl", "0"):
+        assert (mountpoint / "d" / "f.txt").read_bytes() == b"data\n"
+        srv.stop()
+        started = time.monotonic()
+        with pytest.raises(OSError) as info:
+            os.listdir(mountpoint / "d")
+        assert info.value.errno in (errno.EIO, errno.ENOENT)
+        assert time.monotonic() - started < 30
+        os.stat(mountpoint)  # the mount itself still answers
+    assert_clean_log(log)
+
