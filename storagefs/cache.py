@@ -47,20 +47,22 @@ class MetadataCache:
 
     def __init__(self, ttl: float, negative_ttl: float, maxsize: int = 4096,
                  clock: Clock = time.monotonic) -> None:
-        self._values: TTLCache = TTLCache(maxsize, ttl, timer=clock)
+        self._clock = clock
+        self._values: TTLCache = TTLCache(maxsize, ttl, timer=clock)  # key -> (value, loaded)
         self._misses: TTLCache = TTLCache(maxsize, negative_ttl, timer=clock)
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
         self.loads = 0  # for tests and debugging: how many times the backend was asked
 
-    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
-        found, value = self._peek(key)
+    def get(self, key: Hashable, load: Callable[[], Any], max_age: float | None = None) -> Any:
+        """The cached value, or a fresh one if there is none or it is older than ``max_age``."""
+        found, value = self._peek(key, max_age)
         if found:
             return value
         with self._lock:
             gate = self._loading.setdefault(key, threading.Lock())
         with gate:
-            found, value = self._peek(key)  # another thread may have loaded it meanwhile
+            found, value = self._peek(key, max_age)  # another thread may have loaded it
             if found:
                 return value
             try:
@@ -76,15 +78,18 @@ class MetadataCache:
                     self._loading.pop(key, None)
                 raise
             with self._lock:
-                self._values[key] = value
+                self._values[key] = (value, self._clock())
                 self._misses.pop(key, None)
                 self._loading.pop(key, None)
             return value
 
-    def _peek(self, key: Hashable) -> tuple[bool, Any]:
+    def _peek(self, key: Hashable, max_age: float | None = None) -> tuple[bool, Any]:
         with self._lock:
-            if key in self._values:
-                return True, self._values[key]
+            item = self._values.get(key)
+            if item is not None:
+                if max_age is None or self._clock() - item[1] <= max_age:
+                    return True, item[0]
+                return False, None
             missing = self._misses.get(key)
         if missing is not None:
             raise missing.error
@@ -197,14 +202,17 @@ class CachedBackend:
                  max_archives: int = 64, clock: Clock = time.monotonic,
                  wall_clock: Clock = time.time) -> None:
         self.backend = backend
+        self.negative_ttl = negative_ttl
         self.metadata = MetadataCache(ttl, negative_ttl, clock=clock)
         self.archives = MetadataCache(float("inf"), negative_ttl, maxsize=max(1, max_archives),
                                       clock=clock)
         self.ranges = MetadataCache(float("inf"), negative_ttl, maxsize=65536, clock=clock)
         self.urls = SignedUrlCache(clock=wall_clock)
 
-    def list_folder(self, path: str) -> list[protocol.StorageFile]:
-        return self.metadata.get(("folder", path), lambda: self.backend.list_folder(path))
+    def list_folder(self, path: str, max_age: float | None = None) -> list[protocol.StorageFile]:
+        """``max_age``: the caller missed a name in the last answer; refresh if older."""
+        return self.metadata.get(("folder", path), lambda: self.backend.list_folder(path),
+                                 max_age)
 
     def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing:
         return self.archives.get(("zip", path, version),

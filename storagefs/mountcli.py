@@ -258,7 +258,7 @@ def _serve(mount: MountConfig, client) -> int:
                             ttl=mount.metadata_ttl, negative_ttl=mount.negative_ttl,
                             max_archives=mount.max_archives)
     vfs = VFS(backend, zip_as_dir=mount.zip_as == "dir", window=mount.window_bytes,
-              max_archives=mount.max_archives)
+              max_archives=mount.max_archives, negative_ttl=mount.negative_ttl)
 
     def ready() -> None:
         log.info("mounted %s at %s", client.config.api_url, mount.mountpoint)

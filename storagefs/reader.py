@@ -124,7 +124,7 @@ class MemberReader:
         self._window_max = max(window, _FIRST_REQUEST)
         self._lock = threading.Lock()
         self._stream: _Stream | None = None
-        self._window = b""  # decoded bytes [_wstart, _stream.out_pos)
+        self._window = bytearray()  # decoded bytes [_wstart, _stream.out_pos)
         self._wstart = 0
         self.restarts = 0  # streams started, for tests and debugging
 
@@ -137,16 +137,17 @@ class MemberReader:
                 return b""
             s = self._stream
             if s is not None and self._wstart <= offset and end <= s.out_pos:
-                return self._window[offset - self._wstart:end - self._wstart]
+                return bytes(self._window[offset - self._wstart:end - self._wstart])
             try:
                 return self._read(offset, end)
             except BaseException:
-                self._stream, self._window = None, b""  # never serve a window of a bad stream
+                self._stream = None  # never serve a window of a bad stream
+                self._window = bytearray()
                 raise
 
     def close(self) -> None:
         with self._lock:
-            self._stream, self._window = None, b""
+            self._stream, self._window = None, bytearray()
 
     # -- decoding ------------------------------------------------------------------------------
 
@@ -173,7 +174,7 @@ class MemberReader:
             self._finish(s, offset)
         if end > s.out_pos:
             end = s.out_pos
-        return self._window[offset - self._wstart:end - self._wstart]
+        return bytes(self._window[offset - self._wstart:end - self._wstart])
 
     def _jumps(self, whole: bool) -> bool:
         """Whether a stream may start anywhere: stored data maps 1:1, unless checked whole."""
@@ -182,7 +183,7 @@ class MemberReader:
     def _start(self, at: int) -> _Stream:
         check = codecs.Crc32Check(self._crc32, self.size, self.name) if at == 0 else None
         s = _Stream(self.method, at, check)
-        self._stream, self._window, self._wstart = s, b"", at
+        self._stream, self._window, self._wstart = s, bytearray(), at
         self.restarts += 1
         return s
 
@@ -197,7 +198,9 @@ class MemberReader:
             start = self._data_start + s.in_pos
             data = _checked_fetch(self._fetch, start, start + n)
             s.in_pos += n
-            out = s.decoder.decompress(data, _DECODE_STEP)
+            # Stored data cannot expand, so it needs no output bound (and no re-slicing).
+            out = s.decoder.decompress(data, -1 if self.method == protocol.STORED
+                                       else _DECODE_STEP)
         else:
             out = s.decoder.decompress(b"", _DECODE_STEP)
         if s.check is not None:
@@ -214,8 +217,8 @@ class MemberReader:
         # Half a window behind the reader survives (the kernel reorders read-ahead requests),
         # and never more than a window in all, plus what one call of the decoder overshoots.
         keep_from = min(max(0, offset - self._window_max // 2), s.out_pos - self._window_max)
-        if keep_from > self._wstart:
-            self._window = self._window[keep_from - self._wstart:]
+        if keep_from - self._wstart > self._window_max // 4:  # in batches: copies stay linear
+            del self._window[:keep_from - self._wstart]
             self._wstart = keep_from
 
     def _finish(self, s: _Stream, offset: int) -> None:

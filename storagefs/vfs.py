@@ -8,7 +8,9 @@ What the tree shows:
 
 - Storage folders and files come from the listing of their parent folder, fetched page by page
   the first time that folder is needed (never the whole storage at once) and cached with a TTL
-  by the backend below (``cache.CachedBackend``).
+  by the backend below (``cache.CachedBackend``). A name missing from a listing is trusted
+  for ``negative_ttl`` only: looking it up later asks for the folder again (once per
+  ``negative_ttl`` at most), so a file that was just written appears when asked for by name.
 - A file whose name ends in ``.zip`` (any case) is a folder with the archive's members, unless
   ``zip_as="file"``. Its tree comes from one recursive ``zip-contents`` call, kept per archive
   version (path, size, creation time). Folders implied by deeper names exist even without an
@@ -49,7 +51,9 @@ FOLDER, FILE, ARCHIVE, MEMBER_DIR, MEMBER = "folder", "file", "archive", "member
 class Backend(Protocol):
     """What the tree needs from the storage; ``ClientBackend`` and ``CachedBackend`` give it."""
 
-    def list_folder(self, path: str) -> list[protocol.StorageFile]: ...
+    def list_folder(self, path: str, max_age: float | None = None) -> list[protocol.StorageFile]:
+        """Entries of a folder; ``max_age``: the caller missed a name in an answer that old or
+        older, so a caching backend should ask again (the server is always asked otherwise)."""
 
     def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing: ...
 
@@ -72,7 +76,7 @@ class ClientBackend:
         self.client = client
         self.region = region
 
-    def list_folder(self, path: str) -> list[protocol.StorageFile]:
+    def list_folder(self, path: str, max_age: float | None = None) -> list[protocol.StorageFile]:
         # Sorted by name so pages stay consistent while the folder is read page after page.
         return list(self.client.iter_contents(path + "/" if path else "/", sort_by="name",
                                               order="asc", region=self.region))
@@ -238,8 +242,10 @@ class VFS:
     """The mount's tree over a ``Backend`` (normally a ``cache.CachedBackend``)."""
 
     def __init__(self, backend: Backend, *, zip_as_dir: bool = True, window: int = 8 << 20,
-                 max_archives: int = 64, clock: Callable[[], float] = time.time) -> None:
+                 max_archives: int = 64, negative_ttl: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
+        self.negative_ttl = negative_ttl  # a name missing from a listing is trusted this long
         self.zip_as_dir = zip_as_dir
         self.window = window
         self.inodes = InodeTable()
@@ -301,6 +307,8 @@ class VFS:
     def _child(self, parent: Entry, name: str) -> Entry | None:
         if parent.kind == FOLDER:
             item = self._folder(parent.object_path).get(name)
+            if item is None:  # perhaps new since the listing: ask again if it is not recent
+                item = self._folder(parent.object_path, self.negative_ttl).get(name)
             return None if item is None else self._storage_entry(parent, name, item)
         tree = self._tree(parent)
         if name not in tree.dirs.get(parent.inner, {}):
@@ -318,9 +326,10 @@ class VFS:
 
     # -- storage folders -----------------------------------------------------------------------
 
-    def _folder(self, storage_path: str) -> dict[str, protocol.StorageFile]:
+    def _folder(self, storage_path: str,
+                max_age: float | None = None) -> dict[str, protocol.StorageFile]:
         """The folder's entries by name, from its (cached) listing."""
-        listing = self.backend.list_folder(storage_path)
+        listing = self.backend.list_folder(storage_path, max_age)
         with self._lock:
             cached = self._folders.get(storage_path)
         if cached is not None and cached[0] is listing:

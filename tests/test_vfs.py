@@ -40,7 +40,7 @@ class FakeStorage:
                 found.add("/".join(parts[:i]))
         return found
 
-    def list_folder(self, path: str) -> list[protocol.StorageFile]:
+    def list_folder(self, path: str, max_age=None) -> list[protocol.StorageFile]:
         self.calls.append(("list", path))
         if path not in self._folders():
             raise NotFound(f"no folder {path}")
@@ -183,6 +183,26 @@ def test_listings_are_per_folder_and_cached(storage_files):
         vfs.lookup("/task1/output.zip/artifacts/sub/data.bin")
     assert storage.count("list") == 5 and storage.count("zip") == 1
     assert storage.count("read") == 0 and storage.count("url") == 0  # no data for metadata
+
+
+def test_missing_names_are_trusted_briefly(storage_files):
+    clock = [0.0]
+    storage = FakeStorage(storage_files)
+    vfs = VFS(CachedBackend(storage, ttl=60, negative_ttl=5, clock=lambda: clock[0]),
+              negative_ttl=5)
+    with pytest.raises(NotFound):
+        vfs.lookup("/task1/new.txt")
+    storage.files["task1/new.txt"] = b"new"
+    clock[0] = 3
+    with pytest.raises(NotFound):
+        vfs.lookup("/task1/new.txt")  # the listing is recent: trusted
+    assert storage.count("list") == 2
+    clock[0] = 9
+    assert vfs.lookup("/task1/new.txt").size == 3  # older than 5 s: asked again
+    assert storage.count("list") == 3
+    assert "new.txt" in [e.name for e in vfs.list("/task1")]
+    vfs.lookup("/task1/notes.txt")  # names that are there never cause a new listing
+    assert storage.count("list") == 3
 
 
 def test_zip_as_file(storage_files):
