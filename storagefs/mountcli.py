@@ -276,9 +276,8 @@ def _serve(mount: MountConfig, client) -> int:
     try:
         serve_forever(operations, str(mount.mountpoint),
                       fuse_options(options, metadata_ttl=mount.metadata_ttl))
-    except RuntimeError as exc:  # fusepy: fuse_main failed (it printed why on stderr)
-        print(f"storagefs mount: FUSE could not mount {mount.mountpoint} ({exc}); "
-              "see the message above", file=sys.stderr)
+    except RuntimeError:  # fusepy: fuse_main failed; libfuse printed why just before
+        print(f"storagefs mount: FUSE refused to mount {mount.mountpoint}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         client.close()

@@ -178,9 +178,13 @@ def safe_parts(name: str) -> list[str]:
     for part in name.split("/"):
         if part in ("", ".", ".."):
             continue
-        # Lone surrogates cannot become a file name; show them as U+FFFD.
-        parts.append("".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in part))
+        parts.append(_displayable(part))
     return parts
+
+
+def _displayable(name: str) -> str:
+    """Lone surrogates cannot become a UTF-8 file name; they show as U+FFFD."""
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in name)
 
 
 class ArchiveTree:
@@ -336,10 +340,11 @@ class VFS:
             return cached[1]
         index: dict[str, protocol.StorageFile] = {}
         for item in listing:
-            name = item.name.rstrip("/")
-            if not name or "/" in name or name in (".", "..") or "\x00" in name:
+            raw = item.name.rstrip("/")
+            if not raw or "/" in raw or raw in (".", "..") or "\x00" in raw:
                 log.info("/%s: entry %r cannot be a file name; not shown", storage_path, item.name)
                 continue
+            name = _displayable(raw)
             earlier = index.get(name)
             if earlier is not None and earlier.is_directory != item.is_directory:
                 log.info("/%s: a file and a folder are both named %r; the folder is shown",
@@ -353,7 +358,8 @@ class VFS:
 
     def _storage_entry(self, parent: Entry, name: str, item: protocol.StorageFile) -> Entry:
         path = _join(parent.path, name)
-        object_path = f"{parent.object_path}/{name}" if parent.object_path else name
+        raw = item.name.rstrip("/")  # the storage's own spelling, for requests
+        object_path = f"{parent.object_path}/{raw}" if parent.object_path else raw
         mtime = _timestamp(item.creation_time) or self.started
         if item.is_directory:
             return Entry(path, FOLDER, 0, 0, mtime, self.inodes(path), object_path)
