@@ -40,7 +40,8 @@ from typing import Callable, Hashable, Iterator, Protocol
 from cachetools import LRUCache
 
 from . import protocol
-from .errors import NotFound, PermissionDenied, StorageError
+from .errors import (CorruptArchive, InvalidRequest, NotFound, PermissionDenied, StorageError,
+                     TooLarge)
 from .reader import MemberReader, RangeReader, archive_crc
 
 log = logging.getLogger(__name__)
@@ -377,7 +378,11 @@ class VFS:
         with self._lock:
             tree = self._trees.get(key)
         if tree is None:
-            listing = self.backend.zip_listing(entry.object_path, entry.version)
+            try:
+                listing = self.backend.zip_listing(entry.object_path, entry.version)
+            except (InvalidRequest, TooLarge) as exc:  # the server could not read the archive
+                raise CorruptArchive(f"{entry.path}: cannot list the archive: {exc} "
+                                     "(--zip-as file shows it as a file)") from None
             tree = ArchiveTree(listing, "/" + entry.object_path)
             with self._lock:
                 self._trees[key] = tree

@@ -219,6 +219,7 @@ def served(server, tmp_path_factory) -> Served:
     raw[raw.index(b"data.txt") + len(b"data.txt") + 100] ^= 0x55  # inside the stored data
     (bad / "corrupt.zip").write_bytes(bytes(raw))
     write_raw_zip(bad / "method99.zip", [RawEntry(b"aes.bin", b"\x01" * 64, method=99, size=64)])
+    (bad / "not-a-zip.zip").write_bytes(b"this is not an archive\n" * 10)
     write_raw_zip(bad / "hostile.zip", [RawEntry(b"../../escape.txt", b"out"),
                                         RawEntry(b"/abs/root.txt", b"abs"),
                                         RawEntry(b"ok/fine.txt", b"fine")])
@@ -335,10 +336,11 @@ def test_producers_cover_every_method(served):
 
 def test_walks_show_everything_and_read_no_data(server, served, mnt):
     before = object_reads(server)
-    listing = run("ls", "-lR", str(mnt / ROOT))
+    good = [str(mnt / ROOT / name) for name in ("producers", "task-0001", "sim", "plain")]
+    listing = run("ls", "-lR", *good)
     assert listing.returncode == 0, listing.stderr
-    found = run("find", str(mnt / ROOT / "producers"), str(mnt / ROOT / "task-0001"),
-                str(mnt / ROOT / "sim"), str(mnt / ROOT / "plain"), "-type", "f")
+    assert "field.dat" in listing.stdout and "results.db" in listing.stdout
+    found = run("find", *good, "-type", "f")
     assert found.returncode == 0, found.stderr
     expected = {f"{mnt}/{archive}/{member}" for archive, members in served.archives.items()
                 for member in members}
@@ -436,9 +438,15 @@ def test_corrupt_or_unsupported_member_is_eio(mnt):
         with pytest.raises(OSError) as info:
             path.read_bytes()
         assert info.value.errno == errno.EIO, path
+    not_zip = bad / "not-a-zip.zip"
+    assert not_zip.is_dir()  # stat needs no listing
+    with pytest.raises(OSError) as info:
+        os.listdir(not_zip)
+    assert info.value.errno == errno.EIO
     log = Path(str(mnt.parent / "mount.log")).read_text()
     assert "corrupt.zip/data.txt" in log and "CRC-32" in log
     assert "aes.bin" in log and "method 99" in log
+    assert "not-a-zip.zip: cannot list the archive" in log
 
 
 def test_many_readers_at_once(served, mnt):
