@@ -19,6 +19,7 @@ import errno
 import logging
 import logging.handlers
 import os
+import re
 import select
 import shutil
 import signal
@@ -73,7 +74,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--log-file", type=Path, help="write the log here (default: stderr in the "
                    "foreground, syslog in the background)")
     p.add_argument("--debug", dest="mount_debug", action="store_true",
-                   help="log every request; keep tracebacks")
+                   help="log every HTTP request and failed operation")
     p.set_defaults(run=run_mount_command)
 
     u = subparsers.add_parser("umount", help="unmount a storagefs mount",
@@ -312,7 +313,30 @@ def _setup_logging(mount: MountConfig, background: bool) -> None:
             root.addHandler(syslog)
         except OSError:
             pass
-    logging.getLogger("fuse").setLevel(logging.DEBUG if mount.debug else logging.WARNING)
+    handler.addFilter(_redact_signatures)
+    # Every HTTP request (urllib3, at debug) and fusepy's own complaints, in the same place.
+    # fusepy's debug lines only repeat, with tracebacks, the errno we chose: left out.
+    for name, level in (("urllib3", logging.DEBUG if mount.debug else logging.WARNING),
+                        ("fuse", logging.WARNING)):
+        other = logging.getLogger(name)
+        other.setLevel(level)
+        other.propagate = False
+        for old in list(other.handlers):
+            other.removeHandler(old)
+        other.addHandler(handler)
+
+
+_SIGNATURE = re.compile(r"((?:sig|signature|x-goog-signature|x-amz-signature|x-goog-credential"
+                        r"|x-amz-credential|x-amz-security-token)=)[^&\s\"']+", re.I)
+
+
+def _redact_signatures(record: logging.LogRecord) -> bool:
+    """Signed URLs are credentials while they last: logs keep their path, not their signature."""
+    message = record.getMessage()
+    redacted = _SIGNATURE.sub(r"\1…", message)
+    if redacted != message:
+        record.msg, record.args = redacted, ()
+    return True
 
 
 def _detach_output(mount: MountConfig) -> None:
@@ -336,6 +360,9 @@ def _supervise(mount: MountConfig, client: ClientConfig) -> int:
         os.close(write_end)
         try:
             ok = _wait_ready(read_end, child, mount)
+        except BaseException:  # Ctrl-C while waiting: leave no mount behind
+            _stop_child(child)
+            raise
         finally:
             os.close(read_end)
         if ok:
@@ -343,17 +370,23 @@ def _supervise(mount: MountConfig, client: ClientConfig) -> int:
         errors.seek(0)
         text = errors.read().decode(errors="replace")
     if child.poll() is None:  # alive but not answering: give up on it
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(10)
-        except subprocess.TimeoutExpired:
-            child.kill()
+        _stop_child(child)
         print(f"storagefs mount: {mount.mountpoint} did not answer within "
               f"{mount.ready_timeout:g} s{_last_lines(text)}", file=sys.stderr)
         return EXIT_ERROR
     message = _last_lines(text) or f" (exit status {child.returncode})"
     print(f"storagefs mount: mounting failed{message}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _stop_child(child: subprocess.Popen) -> None:
+    """SIGTERM makes libfuse unmount before the child exits; SIGKILL only if it hangs."""
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait(5)
 
 
 def _wait_ready(read_end: int, child: subprocess.Popen, mount: MountConfig) -> bool:

@@ -619,3 +619,18 @@ def test_server_going_away_gives_errors_not_hangs(tmp_path, make_server):
         os.stat(mountpoint)  # the mount itself still answers
     assert_clean_log(log)
 
+
+
+def test_logs_never_hold_url_signatures():
+    import logging
+
+    from storagefs.mountcli import _redact_signatures
+
+    record = logging.LogRecord("urllib3", logging.DEBUG, "", 0, '%s "%s %s"', (
+        "http://h", "GET", "/-/a.zip?op=download&expires=1&sig=abcdef0123"), None)
+    _redact_signatures(record)
+    assert "abcdef0123" not in record.getMessage() and "expires=1" in record.getMessage()
+    gcs = logging.LogRecord("x", logging.DEBUG, "", 0, "https://g/b/p?X-Goog-Credential=me%40x"
+                            "&X-Goog-Signature=deadbeef&X-Goog-Expires=60", (), None)
+    _redact_signatures(gcs)
+    assert "deadbeef" not in gcs.getMessage() and "me%40x" not in gcs.getMessage()
