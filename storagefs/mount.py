@@ -9,6 +9,11 @@ errno is not a positive int, so nothing else ever reaches it.
 libfuse's point of view; ``storagefs mount`` without ``--foreground`` runs it in a child
 process and waits until the mount answers, see ``mountcli``). libfuse's own SIGINT/SIGTERM/
 SIGHUP handlers end the loop and unmount cleanly.
+
+Files are opened without ``keep_cache`` (so ``raw_fi`` is not needed): the kernel drops its
+page cache of a file at each open, and a replaced object is never served from stale pages.
+Attribute and entry timeouts follow ``--metadata-ttl``, so the kernel trusts what it was told
+as long as the mount's own caches do.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from typing import Callable
 
 from fuse import FUSE, FuseOSError, Operations
 
-from . import codecs
 from .errors import CorruptArchive, StorageError, UnsupportedMethod
 from .vfs import VFS, Entry
 
@@ -182,7 +186,3 @@ def serve_forever(operations: StorageOperations, mountpoint: str, options: dict,
     """Mount and answer until unmounted or signalled (libfuse handles SIGINT/SIGTERM)."""
     FUSE(operations, mountpoint, foreground=True, nothreads=False, raw_fi=False, debug=debug,
          encoding="utf-8", **options)
-
-
-def supported_methods_text() -> str:
-    return ", ".join(codecs.method_name(m) for m in codecs.supported_methods())
