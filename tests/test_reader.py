@@ -85,9 +85,13 @@ def zstd_zip(tmp_path, files: dict[str, bytes]) -> bytes:
 def archive_for(tmp_path, method: str, files: dict[str, bytes]) -> bytes:
     if method == "zstd":
         return zstd_zip(tmp_path, files)
-    if method == "deflate64":
+    if method in ("deflate64", "7zz-stream"):
         try:
-            path, _ = build_7zz(tmp_path, files, method="Deflate64", name="d64.zip")
+            if method == "deflate64":
+                path, _ = build_7zz(tmp_path, files, method="Deflate64", name="d64.zip")
+            else:  # streamed to stdout: data descriptors after every member
+                path, _ = build_7zz(tmp_path, files, method="Deflate64", streamed=True,
+                                    name="d64s.zip")
         except MissingTool as exc:
             pytest.skip(str(exc))
         return path.read_bytes()
@@ -140,11 +144,13 @@ def test_member_sequential_read_matches(tmp_path, method):
         assert reader.read(len(original), 100) == b""
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + ["7zz-stream"])
 def test_member_without_listed_crc_is_checked_from_the_archive(tmp_path, method):
     archive = archive_for(tmp_path, method, {"big.bin": BIG})
-    reader, _, info = member_of(archive, "big.bin", with_crc=False)
+    reader, source, info = member_of(archive, "big.bin", with_crc=False)
     assert read_all(reader, len(BIG)) == BIG
+    start = read_local_data_offset(io.BytesIO(archive), info.header_offset)
+    assert archive_crc(source, start, info.compress_size) == info.CRC
 
 
 @pytest.mark.parametrize("method", ["store", "deflate", "zstd"])
