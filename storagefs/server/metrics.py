@@ -8,9 +8,12 @@ servers can live in one process (tests).
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter,
+                               disable_created_metrics, generate_latest)
 
 from .signing import OBJECT_PREFIX
+
+disable_created_metrics()  # '*_created' timestamps double the output and tell a reader nothing
 
 _KNOWN_PREFIXES = ("/storage/operations/",)
 
