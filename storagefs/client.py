@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 from typing import Any, BinaryIO, Callable, Iterator
 from urllib.parse import quote, urlsplit
 
@@ -130,6 +131,13 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         if not isinstance(inner, BaseException):
             inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
         exc = inner
+
+
+def _identity(response: requests.Response) -> tuple[str | None, str | None]:
+    """What tells one version of an object from another: its ETag and its total size."""
+    found = _CONTENT_RANGE.match(response.headers.get("Content-Range", "").strip())
+    total = found.group(3) if found else response.headers.get("Content-Length")
+    return response.headers.get("ETag"), total
 
 
 def _wrap_transport(exc: requests.RequestException, what: str) -> StorageError:
@@ -394,9 +402,23 @@ class StorageClient:
         """The object's bytes from ``start`` (to ``end_inclusive``) as an iterator of chunks.
 
         A ranged request must come back 206 with a matching Content-Range; a server may clamp
-        an end beyond the object to its last byte. The iterator raises TransferError if the body
-        ends before its announced length.
+        an end beyond the object to its last byte. A body that breaks off (reset, stall past
+        the read timeout, cut short) is resumed where it stopped with a ranged request, up to
+        ``retries`` times, as long as the object's ETag and size stay the same; after that the
+        iterator raises the TransferError (or Timeout).
         """
+        current: list[requests.Response] = []
+        try:
+            response, expected = self._open(url, start, end_inclusive)
+            current.append(response)
+            yield self._resuming(current, url, start, end_inclusive, expected, chunk_size)
+        finally:
+            for response in current:
+                response.close()
+
+    def _open(self, url: str, start: int,
+              end_inclusive: int | None) -> tuple[requests.Response, int | None]:
+        """A GET of the object from ``start``, checked; returns it and the bytes it promises."""
         ranged = start > 0 or end_inclusive is not None
         headers = {}
         if ranged:
@@ -408,10 +430,40 @@ class StorageClient:
                                           f"({_describe(url)})")
             if response.status_code not in ((206, 200) if ranged else (200,)):
                 raise self._object_error(response, "GET", url)
-            expected = self._expected_length(response, url, start, end_inclusive, ranged)
-            yield self._chunks(response, url, expected, chunk_size)
-        finally:
+            return response, self._expected_length(response, url, start, end_inclusive, ranged)
+        except BaseException:
             response.close()
+            raise
+
+    def _resuming(self, current: list[requests.Response], url: str, start: int,
+                  end_inclusive: int | None, expected: int | None,
+                  chunk_size: int) -> Iterator[bytes]:
+        """Chunks of ``current[0]``; a broken body is asked for again from where it stopped."""
+        identity = _identity(current[0])
+        received, resumes = 0, 0
+        while True:
+            error: StorageError
+            try:
+                for chunk in current[0].iter_content(chunk_size):
+                    received += len(chunk)
+                    yield chunk
+                if expected is None or received >= expected:
+                    return
+                error = TransferError(f"GET {_describe(url)}: body ended after {received} of "
+                                      f"{expected} bytes")
+            except requests.RequestException as exc:
+                error = _wrap_transport(exc, f"GET {_describe(url)}")
+            if expected is None or resumes >= self.config.retries:
+                raise error
+            resumes += 1
+            time.sleep(min(self.config.backoff_factor * (2 ** (resumes - 1)), 5.0))
+            log.info("%s; resuming at byte %d", error, start + received)
+            current[0].close()
+            response, _ = self._open(url, start + received, end_inclusive)
+            current[0] = response
+            if _identity(response) != identity:
+                raise TransferError(f"GET {_describe(url)}: the object changed while it was "
+                                    "read")
 
     @staticmethod
     def _expected_length(response: requests.Response, url: str, start: int,
@@ -436,20 +488,6 @@ class StorageClient:
         if expected is not None and expected != got_end - got_start + 1:
             raise TransferError(f"GET {_describe(url)}: Content-Length does not match the range")
         return got_end - got_start + 1
-
-    @staticmethod
-    def _chunks(response: requests.Response, url: str, expected: int | None,
-                chunk_size: int) -> Iterator[bytes]:
-        received = 0
-        try:
-            for chunk in response.iter_content(chunk_size):
-                received += len(chunk)
-                yield chunk
-        except requests.RequestException as exc:
-            raise _wrap_transport(exc, f"GET {_describe(url)}") from None
-        if expected is not None and received != expected:
-            raise TransferError(f"GET {_describe(url)}: body ended after {received} of "
-                                f"{expected} bytes")
 
     def put_file(self, url: str, fileobj: BinaryIO, size: int | None = None) -> None:
         """Stream a file object to an upload URL (Content-Length from ``size`` or the file)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import subprocess
@@ -55,13 +56,15 @@ class ServerHandle:
                 self.process.wait(10)
 
 
-def start_server(root: Path, log_dir: Path, *extra: str, api_key: str = "test-key.123") -> ServerHandle:
+def start_server(root: Path, log_dir: Path, *extra: str, api_key: str = "test-key.123",
+                 port: int | None = None) -> ServerHandle:
+    """``port``: a given one, e.g. to restart a server where its clients expect it."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log = log_dir / f"server-{port}.log"
     cmd = [sys.executable, "-m", "storagefs", "serve", str(root), "--host", "127.0.0.1",
            "--port", str(port), "--api-key", api_key, *extra]
-    process = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -90,9 +93,10 @@ def make_server(tmp_path) -> Iterator:
     """A factory for servers with their own root and options, stopped after the test."""
     started: list[ServerHandle] = []
 
-    def factory(*extra: str, root: Path | None = None, api_key: str = "test-key.123") -> ServerHandle:
+    def factory(*extra: str, root: Path | None = None, api_key: str = "test-key.123",
+                port: int | None = None) -> ServerHandle:
         handle = start_server(root or tmp_path / f"root{len(started)}", tmp_path, *extra,
-                              api_key=api_key)
+                              api_key=api_key, port=port)
         started.append(handle)
         return handle
 
@@ -120,3 +124,26 @@ def require_fuse() -> None:
         if os.environ.get("STORAGEFS_REQUIRE_FUSE") == "1":
             pytest.fail(message)
         pytest.skip(message)
+
+
+# -- figures: what the reliability tests injected, tried and verified ----------------------------
+
+FIGURES: collections.Counter = collections.Counter()
+
+
+@pytest.fixture
+def figures() -> collections.Counter:
+    """Add to the session's reliability figures (faults injected and survived, inputs tried,
+    bytes verified, ...); they are printed at the end of the run."""
+    return FIGURES
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.write_sep("-", "reliability figures")
+    for name in sorted(FIGURES):
+        value = FIGURES[name]
+        text = f"{value:.1f}" if isinstance(value, float) and not value.is_integer() else \
+            f"{int(value):,}"
+        terminalreporter.write_line(f"{name}: {text}")
