@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, List, Literal, Optional, Tuple
 
-from . import codecs, protocol
+from . import codecs, protocol, ziplocal
 from .client import StorageClient
 from .config import ClientConfig
 from .errors import (AuthenticationError, CorruptArchive, InvalidRequest, NotFound,
@@ -706,8 +706,6 @@ def _resolve_member(client: StorageClient, zip_path: str, after: str,
     raise MemberNotFound(f'File "{after}" not found in "{zip_path}".')
 
 
-_LOCAL_HEADER = b"PK\x03\x04"
-_DESCRIPTOR = b"PK\x07\x08"
 _HEADER_SLACK = 1024  # room for the local header's extra field, which the API does not give
 
 
@@ -796,27 +794,19 @@ def _decode_member(chunks: Iterator[bytes], head_len: int, data_len: int, method
 
 def _local_header(window: bytes, member: str) -> Tuple[int, int]:
     """(flags, CRC-32) of the local header that ends exactly where the window ends."""
-    pos = window.rfind(_LOCAL_HEADER)
-    while pos >= 0:
-        if pos + 30 <= len(window):
-            name_len, extra_len = struct.unpack_from("<HH", window, pos + 26)
-            if pos + 30 + name_len + extra_len == len(window):
-                flags, crc = struct.unpack_from("<H", window, pos + 6)[0], \
-                    struct.unpack_from("<I", window, pos + 14)[0]
-                if flags & 1:
-                    raise UnsupportedMethod(f"{member} is encrypted")
-                return flags, crc
-        pos = window.rfind(_LOCAL_HEADER, 0, pos)
-    raise CorruptArchive(f"{member}: local header not found before its data")
+    header = ziplocal.header_ending_at(window)
+    if header is None:
+        raise CorruptArchive(f"{member}: local header not found before its data")
+    if header.encrypted:
+        raise UnsupportedMethod(f"{member} is encrypted")
+    return header.flags, header.crc32
 
 
 def _descriptor_crc(tail: bytes, member: str) -> int:
-    """The CRC-32 of a data descriptor (APPNOTE 4.3.9; its signature is optional)."""
-    if tail[:4] == _DESCRIPTOR and len(tail) >= 8:
-        return struct.unpack_from("<I", tail, 4)[0]
-    if len(tail) >= 4:
-        return struct.unpack_from("<I", tail, 0)[0]
-    raise CorruptArchive(f"{member}: data descriptor missing after its data")
+    crc = ziplocal.descriptor_crc(tail)
+    if crc is None:
+        raise CorruptArchive(f"{member}: data descriptor missing after its data")
+    return crc
 
 
 # -- extraction (decompress=True) ---------------------------------------------------------------
@@ -870,7 +860,7 @@ def _member_chunks(handle: BinaryIO, info: zipfile.ZipInfo, path: str,
                    chunk: int = 1024 * 1024) -> Iterator[bytes]:
     handle.seek(info.header_offset)
     header = handle.read(30)
-    if len(header) != 30 or header[:4] != _LOCAL_HEADER:
+    if len(header) != 30 or header[:4] != ziplocal.LOCAL_HEADER_SIGNATURE:
         raise CorruptArchive(f"{path}: bad local header for {info.filename}")
     name_len, extra_len = struct.unpack_from("<HH", header, 26)
     handle.seek(info.header_offset + 30 + name_len + extra_len)

@@ -1,0 +1,61 @@
+"""What a client learns about a member from the bytes around its compressed data.
+
+The storage API gives a member's data range but not always its CRC-32 (the Inductiva API does
+not send it). The local header just before the data has it (APPNOTE 4.3.7), unless flag bit 3
+says the writer could not seek back (streamed archives): then the data descriptor right after
+the data holds it (4.3.9), behind an optional signature. Shared by ``storage.download`` and the
+mount's reader; the server parses archives on its own (``server/zipindex.py``).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
+DESCRIPTOR_SIGNATURE = b"PK\x07\x08"
+FLAG_ENCRYPTED = 0x01
+FLAG_DESCRIPTOR = 0x08
+# signature, version, flags, method, time, date, crc32, compressed, size, name len, extra len
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+LOCAL_HEADER_SIZE = _LOCAL_HEADER.size
+# A local header with its name and extra field spans at most this many bytes.
+LOCAL_HEADER_MAX = LOCAL_HEADER_SIZE + 2 * 0xFFFF
+
+
+@dataclass(frozen=True)
+class LocalHeader:
+    flags: int
+    method: int
+    crc32: int
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENCRYPTED)
+
+    @property
+    def crc_in_descriptor(self) -> bool:
+        return bool(self.flags & FLAG_DESCRIPTOR)
+
+
+def header_ending_at(window: bytes) -> LocalHeader | None:
+    """The local header whose name and extra field end exactly where ``window`` ends.
+
+    Searched backwards by signature, so a member's name containing ``PK\\x03\\x04`` does not
+    fool it; None when no header fits.
+    """
+    pos = window.rfind(LOCAL_HEADER_SIGNATURE)
+    while pos >= 0:
+        if pos + LOCAL_HEADER_SIZE <= len(window):
+            fields = _LOCAL_HEADER.unpack_from(window, pos)
+            if pos + LOCAL_HEADER_SIZE + fields[9] + fields[10] == len(window):
+                return LocalHeader(flags=fields[2], method=fields[3], crc32=fields[6])
+        pos = window.rfind(LOCAL_HEADER_SIGNATURE, 0, pos)
+    return None
+
+
+def descriptor_crc(tail: bytes) -> int | None:
+    """The CRC-32 of a data descriptor starting ``tail``; None when ``tail`` is too short."""
+    if tail[:4] == DESCRIPTOR_SIGNATURE:
+        return struct.unpack_from("<L", tail, 4)[0] if len(tail) >= 8 else None
+    return struct.unpack_from("<L", tail, 0)[0] if len(tail) >= 4 else None
