@@ -56,7 +56,9 @@ def make_session(config: ClientConfig) -> requests.Session:
     retry = _Retry(
         total=config.retries,
         connect=config.retries,
-        read=config.retries,
+        # A read error is a timeout (already a long wait) or a connection dropped before the
+        # answer; once more is worth it, more only multiplies the wait on a stalled server.
+        read=min(config.retries, 1),
         status=config.retries,
         other=0,
         backoff_factor=config.backoff_factor,
@@ -404,8 +406,8 @@ class StorageClient:
         A ranged request must come back 206 with a matching Content-Range; a server may clamp
         an end beyond the object to its last byte. A body that breaks off (reset, stall past
         the read timeout, cut short) is resumed where it stopped with a ranged request, up to
-        ``retries`` times, as long as the object's ETag and size stay the same; after that the
-        iterator raises the TransferError (or Timeout).
+        ``retries`` times (a stall only once at one place), as long as the object's ETag and
+        size stay the same; after that the iterator raises the TransferError (or Timeout).
         """
         current: list[requests.Response] = []
         try:
@@ -440,7 +442,7 @@ class StorageClient:
                   chunk_size: int) -> Iterator[bytes]:
         """Chunks of ``current[0]``; a broken body is asked for again from where it stopped."""
         identity = _identity(current[0])
-        received, resumes = 0, 0
+        received, resumes, stalled_at = 0, 0, -1
         while True:
             error: StorageError
             try:
@@ -455,6 +457,10 @@ class StorageClient:
                 error = _wrap_transport(exc, f"GET {_describe(url)}")
             if expected is None or resumes >= self.config.retries:
                 raise error
+            if isinstance(error, Timeout):
+                if received == stalled_at:
+                    raise error  # stalled twice at one place: waiting more will not help
+                stalled_at = received
             resumes += 1
             time.sleep(min(self.config.backoff_factor * (2 ** (resumes - 1)), 5.0))
             log.info("%s; resuming at byte %d", error, start + received)

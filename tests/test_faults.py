@@ -91,7 +91,7 @@ def test_resets_in_the_middle_of_a_body_are_resumed(proxy, server, data, figures
         proxy.reset(after_bytes=100_000, count=3, path=OBJECTS)
         assert read_plain(client, path) == data["plain"]
         assert proxy.injected["reset"] == 3
-        proxy.drop(count=2, path=OBJECTS)  # reset before any answer: urllib3 retries
+        proxy.drop(count=1, path=OBJECTS)  # reset before any answer: urllib3 retries
         assert read_plain(client, path) == data["plain"]
         with storage.using(client, progress=False):
             proxy.reset(after_bytes=5000, count=2, path=OBJECTS)
@@ -102,7 +102,7 @@ def test_resets_in_the_middle_of_a_body_are_resumed(proxy, server, data, figures
     member = tmp_path / "dl" / data["dir"] / "a" / "big.dat"
     assert member.read_bytes() == data["members"]["big.dat"]
     injected = proxy.injected["reset"] + proxy.injected["drop"]
-    assert injected == 9
+    assert injected == 8
     figures["faults injected: connection resets (client)"] += injected
     figures["faults survived: connection resets (client)"] += injected
     figures["bytes verified (client)"] += 3 * len(data["plain"]) + len(data["members"]["big.dat"])
@@ -162,8 +162,8 @@ def test_lasting_faults_fail_within_a_bounded_time(proxy, server, data, figures)
             with pytest.raises(error):
                 client.read_range(url, 0, len(data["plain"]) - 1)
             elapsed = time.monotonic() - started
-            # (1 + retries) attempts, each at most a read timeout, plus the backoff
-            assert elapsed < 4 * 0.5 + 2, f"{name}: {elapsed:.1f} s"
+            # a stall costs two read timeouts (the first try and one more), the rest less
+            assert elapsed < 2 * 0.5 + 1, f"{name}: {elapsed:.1f} s"
             figures["lasting faults: slowest typed error (client, s)"] = max(
                 figures["lasting faults: slowest typed error (client, s)"], round(elapsed, 1))
             proxy.clear()
