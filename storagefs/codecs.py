@@ -20,7 +20,11 @@ Methods (APPNOTE 4.4.5): 0 stored, 8 deflate, 9 Deflate64 (``zipfile-deflate64``
 that expand a few bytes into gigabytes: while ``needs_input`` is False the decoder still holds
 output for earlier input, and ``decompress(b"", max_length)`` drains it. Only deflate and stored
 decoders can be copied (``can_copy``/``copy()``): CPython's ``zlib`` supports it and the reader
-uses it to keep snapshots for random access.
+uses it to keep snapshots for random access (``checkpoint()``: a copy without the input it
+holds, which is given again from that offset).
+
+Deflate and CRC-32 use python-zlib-ng (``storagefs[speed]``) when it is installed: the same API,
+about twice as fast to inflate and several times faster at CRC-32; the stdlib ``zlib`` otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ import lzma
 import struct
 import zlib
 from typing import Callable, Iterable, Iterator
+
+try:  # same API as zlib (decompressobj, copy, crc32), faster; optional
+    from zlib_ng import zlib_ng as fast_zlib
+except ImportError:  # pragma: no cover - depends on the extras installed
+    fast_zlib = zlib
 
 from . import protocol
 from .errors import CorruptArchive, UnsupportedMethod
@@ -161,7 +170,7 @@ class DeflateDecoder(Decoder):
 
     def __init__(self) -> None:
         super().__init__()
-        self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._obj = fast_zlib.decompressobj(-zlib.MAX_WBITS)
         self._tail = b""
 
     @property
@@ -180,7 +189,7 @@ class DeflateDecoder(Decoder):
             return b""
         try:
             out = self._obj.decompress(self._tail + data, max(max_length, 0))
-        except zlib.error as exc:
+        except fast_zlib.error as exc:
             raise CorruptArchive(f"{self.name} data is corrupt: {exc}") from None
         self._tail = self._obj.unconsumed_tail
         return out
@@ -189,7 +198,7 @@ class DeflateDecoder(Decoder):
         if not self._obj.eof:
             try:
                 self._obj.flush()
-            except zlib.error:
+            except fast_zlib.error:
                 pass
             raise CorruptArchive(f"{self.name} data is truncated (no end of stream)")
         return b""
@@ -200,6 +209,15 @@ class DeflateDecoder(Decoder):
         twin._tail = self._tail
         twin._pending = self._pending
         return twin
+
+    def checkpoint(self) -> tuple["DeflateDecoder", int]:
+        """A copy that holds no input, and how many input bytes this one holds: the copy goes
+        on from the input offset that many bytes before what was given so far (about 40 KB,
+        where ``copy()`` would also keep up to a whole chunk of input)."""
+        twin = DeflateDecoder()
+        twin._obj = self._obj.copy()
+        twin._pending = self._pending
+        return twin, len(self._tail)
 
 
 class _EofStreamDecoder(Decoder):
@@ -432,7 +450,7 @@ class Crc32Check:
         if self.expected_size is not None and self.size > self.expected_size:
             raise CorruptArchive(
                 f"{self._label()}member is longer than its recorded size {self.expected_size}")
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = fast_zlib.crc32(data, self.crc)
 
     def verify(self) -> None:
         if self.expected_size is not None and self.size != self.expected_size:
