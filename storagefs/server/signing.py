@@ -48,7 +48,9 @@ class Signer:
             expires_at = int(expires)
         except ValueError:
             raise PermissionDenied("signed URL has a malformed expiry") from None
-        if not hmac.compare_digest(self._signature(operation, path, expires_at), sig):
+        # compare_digest refuses str with non-ASCII characters (TypeError): compare bytes
+        if not hmac.compare_digest(self._signature(operation, path, expires_at).encode(),
+                                   sig.encode("utf-8", "surrogateescape")):
             raise PermissionDenied("signed URL signature does not match")
         if method not in METHODS[operation]:
             raise PermissionDenied(f"signed URL for {operation} does not allow {method}")

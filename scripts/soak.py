@@ -1,0 +1,351 @@
+"""``make soak``: many concurrent readers on a real mount for a while; every byte checked.
+
+Starts ``storagefs serve`` on a temporary folder (plain files and ZIP archives with stored,
+deflate and bzip2 members, small and larger than a decode window), mounts it with
+``storagefs mount --foreground`` and runs ``--readers`` threads for ``--duration`` seconds.
+Each reader picks a file at random and either reads it whole (compared by SHA-256) or reads
+random ranges of it (compared with the original bytes). Meanwhile the mount's RSS, threads and
+open descriptors are sampled from /proc.
+
+Exit status 0 only if: no mismatch, no error, the mount's peak RSS within ``--rss-budget``,
+its threads and descriptors back near their starting count once the readers are done, and the
+mount process gone and the mount point clean after unmounting. The figures are printed, and
+written as JSON with ``--json FILE``.
+
+    .venv/bin/python scripts/soak.py --duration 60 --readers 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+MiB = 1 << 20
+API_KEY = "soak-key.1"
+# Threads and descriptors the mount may hold beyond its idle count once the load is over:
+# libfuse keeps up to 10 idle worker threads, and the HTTP pool keeps connections open.
+THREAD_SLACK = 12
+FD_SLACK = 20
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def _text(rng: random.Random, size: int) -> bytes:
+    words = [b"step", b"residual", b"converged", b"pressure", b"velocity", b"dt=", b"0.001"]
+    out = bytearray()
+    while len(out) < size:
+        out += b"%07d " % rng.randrange(10**7) + b" ".join(rng.choices(words, k=8)) + b"\n"
+    return bytes(out[:size])
+
+
+def _mixed(rng: random.Random, size: int) -> bytes:
+    out = bytearray()
+    while len(out) < size:
+        run = rng.randrange(1024, 64 * 1024)
+        out += rng.randbytes(run) if rng.random() < 0.4 else _text(rng, run)
+    return bytes(out[:size])
+
+
+def build_storage(root: Path, scale: float) -> dict[str, bytes]:
+    """Files under ``root``; returns {path in the mount: bytes} for everything readable."""
+    rng = random.Random(20250101)
+    expected: dict[str, bytes] = {}
+    plain = {"plain/empty": b"", "plain/tiny.txt": b"tiny\n",
+             "plain/log.txt": _text(rng, 300_000), "plain/field.bin": _mixed(rng, int(3 * MiB * scale)),
+             "plain/big.bin": _mixed(rng, int(12 * MiB * scale))}
+    for name, data in plain.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+        expected[name] = data
+    members = {
+        "artifacts/stdout.txt": _text(rng, 700_000),
+        "artifacts/stderr.txt": b"",
+        "artifacts/results/field.dat": _mixed(rng, int(6 * MiB * scale)),
+        "artifacts/results/table.csv": b"".join(b"%d,%f\n" % (i, 1 / (i + 1)) for i in range(40_000)),
+        "artifacts/logs/solver.log": _text(rng, 1_500_000),
+        "artifacts/small/a.txt": b"a" * 10,
+        "artifacts/small/b.bin": rng.randbytes(5000),
+    }
+    methods = {"deflate": zipfile.ZIP_DEFLATED, "store": zipfile.ZIP_STORED,
+               "bzip2": zipfile.ZIP_BZIP2}
+    for task, method in (("task-a", "deflate"), ("task-b", "store"), ("task-c", "bzip2"),
+                         ("task-d", "deflate")):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", methods[method], compresslevel=1 if method == "deflate"
+                             else None) as zf:
+            for name, data in members.items():
+                if method == "bzip2" and len(data) > 2 * MiB:
+                    continue  # bzip2 in pure decode is slow; keep its share of CPU fair
+                zf.writestr(name, data)
+                expected[f"{task}/output.zip/{name}"] = data
+        (root / task).mkdir(parents=True, exist_ok=True)
+        (root / task / "output.zip").write_bytes(buffer.getvalue())
+    return expected
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "storagefs", "serve", str(root),
+                                "--port", str(port), "--api-key", API_KEY],
+                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/version", timeout=1):
+                return process, url
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"soak: the server did not start: {log.read_text()[-2000:]}")
+
+
+def start_mount(url: str, mountpoint: Path, log: Path, cache_size: str) -> subprocess.Popen:
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([sys.executable, "-m", "storagefs", "mount", str(mountpoint),
+                                "--foreground", "--api-url", url, "--api-key", API_KEY,
+                                "--log-file", str(log), "--cache-size", cache_size],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"soak: the mount failed: {process.stderr.read().decode()[-2000:]}")
+        if os.path.ismount(mountpoint):
+            return process
+        time.sleep(0.05)
+    process.kill()
+    raise SystemExit("soak: the mount did not come up within 30 s")
+
+
+def unmount(mountpoint: Path) -> None:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount") or "umount"
+    for args in (["-u"], ["-uz"]):
+        if not os.path.ismount(mountpoint):
+            return
+        subprocess.run([tool, *args, str(mountpoint)], capture_output=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while os.path.ismount(mountpoint) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def proc_figures(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {"rss": int(fields["VmRSS"].split()[0]) * 1024, "threads": int(fields["Threads"]),
+            "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+# -- the load -----------------------------------------------------------------------------------
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.files = self.ranges = self.bytes = self.mismatches = self.errors = 0
+        self.messages: list[str] = []
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def fail(self, kind: str, message: str) -> None:
+        with self.lock:
+            setattr(self, kind, getattr(self, kind) + 1)
+            if len(self.messages) < 20:
+                self.messages.append(message)
+
+
+def reader(seed: int, mountpoint: Path, expected: dict[str, bytes],
+           digests: dict[str, bytes], stop: threading.Event, tally: Tally) -> None:
+    rng = random.Random(seed)
+    names = sorted(expected)
+    while not stop.is_set():
+        name = rng.choice(names)
+        want = expected[name]
+        path = mountpoint / name
+        try:
+            if rng.random() < 0.6 or len(want) < 64 * 1024:
+                digest = hashlib.sha256()
+                size = 0
+                with open(path, "rb") as handle:
+                    while chunk := handle.read(rng.choice((4096, 65536, 131072, 1 << 20))):
+                        digest.update(chunk)
+                        size += len(chunk)
+                if digest.digest() != digests[name]:
+                    tally.fail("mismatches", f"{name}: whole read differs ({size} bytes)")
+                else:
+                    tally.add(files=1, bytes=size)
+            else:
+                with open(path, "rb") as handle:
+                    for _ in range(rng.randrange(1, 8)):
+                        offset = rng.randrange(len(want))
+                        length = rng.choice((1, 512, 4096, 100_000, 1 << 20))
+                        got = os.pread(handle.fileno(), length, offset)
+                        if got != want[offset:offset + length]:
+                            tally.fail("mismatches", f"{name}: bytes {offset}+{length} differ")
+                            break
+                        tally.add(ranges=1, bytes=len(got))
+        except OSError as exc:
+            tally.fail("errors", f"{name}: {exc}")
+
+
+def soak(args: argparse.Namespace) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="storagefs-soak-"))
+    root, mountpoint = work / "storage", work / "mnt"
+    root.mkdir()
+    expected = build_storage(root, args.scale)
+    digests = {name: hashlib.sha256(data).digest() for name, data in expected.items()}
+    server, url = start_server(root, work / "server.log")
+    mount = None
+    figures: dict = {"readers": args.readers, "duration_s": args.duration,
+                     "files": len(expected), "data_bytes": sum(map(len, expected.values()))}
+    problems: list[str] = []
+    try:
+        mount = start_mount(url, mountpoint, work / "mount.log", args.cache_size)
+        for name in expected:  # warm the metadata so the idle counts are comparable
+            os.stat(mountpoint / name)
+        idle = proc_figures(mount.pid)
+        figures["idle_rss_bytes"], figures["idle_threads"], figures["idle_fds"] = \
+            idle["rss"], idle["threads"], idle["fds"]
+        tally, stop = Tally(), threading.Event()
+        threads = [threading.Thread(target=reader, args=(i, mountpoint, expected, digests,
+                                                         stop, tally), daemon=True)
+                   for i in range(args.readers)]
+        peak = dict(idle)
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        while time.monotonic() - started < args.duration:
+            time.sleep(0.25)
+            now = proc_figures(mount.pid)
+            for key in peak:
+                peak[key] = max(peak[key], now[key])
+        stop.set()
+        for thread in threads:
+            thread.join(120)
+        if any(thread.is_alive() for thread in threads):
+            problems.append("a reader did not finish within 120 s of the end")
+        elapsed = time.monotonic() - started
+        time.sleep(2)  # let libfuse retire its extra workers
+        after = proc_figures(mount.pid)
+        figures.update({
+            "elapsed_s": round(elapsed, 1), "whole_files_verified": tally.files,
+            "ranges_verified": tally.ranges, "bytes_verified": tally.bytes,
+            "throughput_mib_s": round(tally.bytes / MiB / elapsed, 1),
+            "mismatches": tally.mismatches, "errors": tally.errors,
+            "peak_rss_bytes": peak["rss"], "peak_threads": peak["threads"],
+            "peak_fds": peak["fds"], "after_threads": after["threads"], "after_fds": after["fds"],
+            "rss_budget_bytes": args.rss_budget * MiB,
+        })
+        problems += tally.messages
+        if tally.mismatches or tally.errors:
+            problems.append(f"{tally.mismatches} mismatches and {tally.errors} errors")
+        if tally.files + tally.ranges == 0:
+            problems.append("nothing was read")
+        if peak["rss"] > args.rss_budget * MiB:
+            problems.append(f"peak RSS {peak['rss'] / MiB:.0f} MiB over the budget of "
+                            f"{args.rss_budget} MiB")
+        if after["threads"] > idle["threads"] + THREAD_SLACK:
+            problems.append(f"threads: {idle['threads']} before, {after['threads']} after")
+        if after["fds"] > idle["fds"] + FD_SLACK:
+            problems.append(f"descriptors: {idle['fds']} before, {after['fds']} after")
+        open_in_mount = _open_in(mountpoint)
+        if open_in_mount:
+            problems.append(f"files still open in the mount: {open_in_mount}")
+    finally:
+        unmount(mountpoint)
+        if mount is not None:
+            try:
+                mount.wait(15)
+            except subprocess.TimeoutExpired:
+                problems.append("the mount process did not exit after unmounting")
+                mount.kill()
+                mount.wait(5)
+            figures["mount_exit_status"] = mount.returncode
+            if mount.returncode != 0:
+                problems.append(f"the mount exited with {mount.returncode}")
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log = (work / "mount.log").read_text() if (work / "mount.log").exists() else ""
+        if "Traceback" in log:
+            problems.append("the mount log holds a traceback")
+        if os.path.ismount(mountpoint):
+            problems.append("still mounted after unmounting")
+        figures["problems"] = problems
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            figures["work_dir"] = str(work)
+    return figures
+
+
+def _open_in(mountpoint: Path) -> int:
+    """Descriptors of this process that still point into the mount."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(str(mountpoint) + "/"):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument("--readers", type=int, default=32, help="concurrent readers (32)")
+    parser.add_argument("--cache-size", default="64M", help="the mount's --cache-size (64M)")
+    parser.add_argument("--rss-budget", type=int, default=512, metavar="MIB",
+                        help="peak RSS allowed to the mount, MiB (default 512)")
+    parser.add_argument("--scale", type=float, default=1.0, help="size of the larger files")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
+    args = parser.parse_args(argv)
+    figures = soak(args)
+    for key, value in figures.items():
+        if key != "problems":
+            print(f"{key:>22}: {value:,}" if isinstance(value, int) else f"{key:>22}: {value}")
+    for problem in figures["problems"]:
+        print(f"soak: FAIL: {problem}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    ok = not figures["problems"]
+    print(f"soak: {'ok' if ok else 'FAILED'}: {figures.get('bytes_verified', 0):,} bytes "
+          f"verified, {figures.get('mismatches', '?')} mismatches, "
+          f"{figures.get('errors', '?')} errors")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
