@@ -130,7 +130,7 @@ def test_signed_urls_never_serve_through_a_symlink(jail):
 def test_signature_with_non_ascii_characters_is_refused_not_a_crash(jail):
     """Found by the fuzzer below: hmac.compare_digest raised TypeError, answered 500."""
     server, _ = jail
-    for sig in ("\x80", "é" * 64, "\ud800"):
+    for sig in ("\x80", "é" * 64, "%ED%A0%80"):
         response = requests.get(f"{server.url}/-/inside/a.txt",
                                 params={"op": "download", "expires": "9999999999", "sig": sig},
                                 timeout=10)
