@@ -1,0 +1,861 @@
+"""``make bench``: what the mount costs, measured end to end in one run, as one table.
+
+The script builds its corpus once (under ``.bench/``, reused while its recipe is unchanged),
+starts the reference server on 127.0.0.1 and mounts it, then measures each row below through
+the mount. Every row that says "cold" gets a fresh mount process and a dropped page cache
+(``echo 3 > /proc/sys/vm/drop_caches``; without root the table says the cache was not
+dropped). The mount opens files without ``keep_cache``, so reopening a file also empties the
+kernel's page cache of it: "warm" figures measure the daemon's own caches.
+
+Rows (targets from the issue; the JSON has the details behind each figure):
+
+1. ``cat`` of a 512 MiB deflated text member: throughput through the mount over ``unzip -p``
+   of the same archive on local disk (>= 2.0), and object bytes fetched over the member's
+   compressed size (<= 1.05).
+2. cold ``cat`` of a small member stored after the large one: HTTP requests the mount made,
+   counted from the moment it answers (<= 4), and object bytes fetched (<= compressed + 64 KiB).
+3. 200 random 4 KiB ``pread`` s (seed 1234) in the 512 MiB member, on a fresh mount and again
+   after that pass: median and p95 (warm: <= 15 ms and <= 40 ms). A pass stops at its time
+   budget; the figures then cover the reads done.
+4. ``ls -lR`` of an archive of 100,000 members on a fresh mount *and* a freshly started server:
+   time (<= 5 s) and the daemon's peak RSS (<= 200 MB).
+5. eight ``cat`` s of eight different members at once: aggregate throughput over one ``cat``
+   alone (>= 1.5).
+6. the daemon's peak RSS during rows 1 and 5 (<= cache size + 100 MB).
+7. one SQLite query on a database stored deflated in an archive, through the mount and on a
+   local copy (both cold): time ratio (reported, no target).
+
+Requests and bytes come from the server's ``/metrics`` (``storagefs_requests_total``,
+``storagefs_object_read_bytes_total``); RSS from ``/proc/PID/status`` (VmRSS sampled every
+20 ms, VmHWM) of the process that serves FUSE.
+
+The peer column is ratarmount (installed with pip into ``.bench/ratarmount-venv`` on first
+use), mounting the same archive through the same kind of signed URL (fsspec over HTTP), one
+archive per mount, its index written to a fresh folder each time. It reads the archive's
+directory while mounting, so its requests are counted and its ``ls -lR`` timed from its start.
+
+Usage: ``scripts/bench.py [--quick] [--json PATH] [--rows 1,4] [--peer none]``. ``--quick`` uses
+a small corpus (a smoke run; the targets are meant for the full one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / ".bench"
+RATARMOUNT_VENV = BENCH / "ratarmount-venv"
+API_KEY = "bench-key.1"
+MiB = 1 << 20
+CORPUS_VERSION = 1  # bump when the recipe below changes: the cached corpus is rebuilt
+SEED = 1234
+MOUNT_WAIT_S = 60.0
+PEER_MOUNT_WAIT_S = 600.0  # ratarmount indexes the archive before it mounts
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The corpus recipe: what each row reads."""
+
+    big: int  # the large deflated text member (rows 1 and 3)
+    small: int  # the small member stored after it (row 2)
+    parallel: int  # each of the eight members read at once (row 5)
+    many: int  # members of the archive listed by ls -lR (row 4)
+    db_rows: int  # rows of the SQLite table (row 7)
+    reads: int  # random preads per pass (row 3)
+    read_budget_s: float  # time budget of one pread pass
+    cache: int  # the mount's --cache-size
+
+
+FULL = Sizes(big=512 * MiB, small=200_000, parallel=64 * MiB, many=100_000, db_rows=1_000_000,
+             reads=200, read_budget_s=120.0, cache=256 * MiB)
+QUICK = Sizes(big=8 * MiB, small=50_000, parallel=1 * MiB, many=2_000, db_rows=20_000,
+              reads=20, read_budget_s=10.0, cache=64 * MiB)
+
+BIG_ZIP, BIG_MEMBER, SMALL_MEMBER = "big.zip", "logs/solver.log", "logs/summary.txt"
+PARALLEL_ZIP = "parallel.zip"
+MANY_ZIP = "many.zip"
+DB_ZIP, DB_MEMBER = "db.zip", "results/sim.db"
+QUERY = ("SELECT probe, count(*), avg(value), max(label) FROM samples "
+         "WHERE probe BETWEEN 10 AND 14 AND step BETWEEN 2000 AND 6000 GROUP BY probe")
+
+
+# -- the corpus ------------------------------------------------------------------------------
+
+
+def _text_chunks(seed: int, total: int, chunk: int = MiB) -> Iterator[bytes]:
+    """Log-like text, compressible about 3:1 like solver output; deterministic, fast."""
+    rng = random.Random(seed)
+    words = ("step residual converged pressure velocity iteration dt= 0.001 Courant max "
+             "mean time ExecutionTime ClockTime smoothSolver GAMG Ux Uy Uz p_rgh k epsilon "
+             "Solving for Final No Iterations").split()
+    pool = [(f"{rng.randrange(10 ** 7):08d} " + " ".join(rng.choice(words) for _ in range(9))
+             + f" {rng.random():.6e}\n").encode() for _ in range(50_000)]
+    per_chunk = chunk // 80
+    written = 0
+    while written < total:
+        data = b"".join(rng.choices(pool, k=per_chunk))[:total - written]
+        written += len(data)
+        yield data
+
+
+def _write_member(zf: zipfile.ZipFile, name: str, chunks: Iterator[bytes]) -> None:
+    info = zipfile.ZipInfo(name, (2025, 6, 1, 12, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zf.open(info, "w", force_zip64=True) as out:
+        for data in chunks:
+            out.write(data)
+
+
+def _build_db(path: Path, rows: int) -> None:
+    """A results table inserted in step order, with its index created afterwards (so index
+    pages sit at the end of the file, as after a typical bulk load)."""
+    path.unlink(missing_ok=True)
+    rng = random.Random(SEED)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA page_size = 4096")
+        db.execute("CREATE TABLE samples (id INTEGER PRIMARY KEY, step INTEGER, probe INTEGER, "
+                   "value REAL, label TEXT)")
+        probes = 100
+        db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?)",
+                       ((i, i // probes, i % probes, rng.gauss(0, 1), f"probe-{i % probes:03d}")
+                        for i in range(rows)))
+        db.execute("CREATE INDEX samples_probe_step ON samples (probe, step)")
+        db.commit()
+        db.execute("VACUUM")
+
+
+def build_corpus(sizes: Sizes, quick: bool) -> Path:
+    """The server's root, built once per recipe; returns the corpus folder."""
+    corpus = BENCH / ("corpus-quick" if quick else "corpus")
+    recipe = {"version": CORPUS_VERSION, "sizes": asdict(sizes)}
+    manifest = corpus / "manifest.json"
+    if manifest.exists():
+        try:
+            if json.loads(manifest.read_text()).get("recipe") == recipe:
+                return corpus
+        except ValueError:
+            pass
+    print(f"building the corpus in {corpus.relative_to(REPO)} (once) ...", flush=True)
+    started = time.monotonic()
+    shutil.rmtree(corpus, ignore_errors=True)
+    root = corpus / "root" / "bench"
+    root.mkdir(parents=True)
+    (corpus / "local").mkdir()
+    with zipfile.ZipFile(root / BIG_ZIP, "w", compresslevel=6) as zf:
+        _write_member(zf, BIG_MEMBER, _text_chunks(1, sizes.big))
+        _write_member(zf, SMALL_MEMBER, _text_chunks(2, sizes.small))
+    with zipfile.ZipFile(root / PARALLEL_ZIP, "w", compresslevel=6) as zf:
+        for i in range(8):
+            _write_member(zf, f"members/m{i}.log", _text_chunks(10 + i, sizes.parallel))
+    with zipfile.ZipFile(root / MANY_ZIP, "w", compresslevel=6) as zf:
+        rng = random.Random(3)
+        per_dir, per_case = 100, 1000
+        for i in range(sizes.many):
+            name = (f"output/case{i // per_case:03d}/step{(i // per_dir) % 10:02d}/"
+                    f"probe{i:06d}.dat")
+            info = zipfile.ZipInfo(name, (2025, 6, 1, 12, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, f"probe {i} {rng.random():.6f}\n".encode() * rng.randrange(1, 8))
+    db = corpus / "local" / "sim.db"
+    _build_db(db, sizes.db_rows)
+    with zipfile.ZipFile(root / DB_ZIP, "w", compresslevel=6) as zf:
+        info = zipfile.ZipInfo(DB_MEMBER, (2025, 6, 1, 12, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with db.open("rb") as src, zf.open(info, "w", force_zip64=True) as out:
+            shutil.copyfileobj(src, out, MiB)
+    facts = {}
+    for archive in (BIG_ZIP, PARALLEL_ZIP, MANY_ZIP, DB_ZIP):
+        with zipfile.ZipFile(root / archive) as zf:
+            infos = zf.infolist()
+            facts[archive] = {"size": (root / archive).stat().st_size, "members": len(infos),
+                              "compressed": {i.filename: i.compress_size for i in infos[:16]},
+                              "sizes": {i.filename: i.file_size for i in infos[:16]}}
+    manifest.write_text(json.dumps({"recipe": recipe, "facts": facts,
+                                    "build_s": round(time.monotonic() - started, 1)}, indent=1))
+    print(f"corpus built in {time.monotonic() - started:.0f} s", flush=True)
+    return corpus
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``storagefs serve`` on the corpus, with /metrics read as {sample: value}."""
+
+    def __init__(self, root: Path, work: Path) -> None:
+        self.root = root
+        self.work = work
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        port = _free_port()
+        log = (self.work / f"server-{port}.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "storagefs", "serve", str(self.root), "--host", "127.0.0.1",
+             "--port", str(port), "--api-key", API_KEY], stdout=log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}")
+            try:
+                if requests.get(self.url + "/version", timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("the server did not start within 30 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def restart(self) -> None:
+        """A server with empty caches (its archive index cache lives in the process)."""
+        self.stop()
+        self.start()
+
+    def metrics(self) -> dict[str, float]:
+        text = requests.get(self.url + "/metrics", timeout=10).text
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def signed_url(self, path: str) -> str:
+        response = requests.get(self.url + "/storage/signed-urls", timeout=10,
+                                params={"operation": "download", "paths": path},
+                                headers={"X-API-Key": API_KEY})
+        response.raise_for_status()
+        return response.json()[0]
+
+
+def traffic(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Requests (all, by endpoint) and object bytes between two /metrics snapshots."""
+    by_endpoint: dict[str, int] = {}
+    for key, value in after.items():
+        if key.startswith("storagefs_requests_total{") and 'endpoint="/metrics"' not in key:
+            delta = value - before.get(key, 0.0)
+            if delta:
+                endpoint = key.split('endpoint="', 1)[1].split('"', 1)[0]
+                by_endpoint[endpoint] = by_endpoint.get(endpoint, 0) + int(delta)
+    name = "storagefs_object_read_bytes_total"
+    return {"requests": sum(by_endpoint.values()), "by_endpoint": by_endpoint,
+            "object_bytes": int(after.get(name, 0.0) - before.get(name, 0.0))}
+
+
+def drop_caches() -> bool:
+    """Empty the kernel's page cache (root only); False when it could not."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+class RssSampler:
+    """VmRSS of a process every 20 ms in a thread, and its VmHWM on demand."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def status(self, field: str) -> int:
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.status("VmRSS"))
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.status("VmRSS"))
+        return {"rss_peak_sampled": self.peak, "hwm": max(self.peak, self.status("VmHWM")),
+                "rss_now": self.status("VmRSS")}
+
+
+def _unmount(mountpoint: Path, process: subprocess.Popen) -> None:
+    for cmd in (["fusermount", "-u", str(mountpoint)], ["fusermount", "-uz", str(mountpoint)]):
+        if process.poll() is not None and not os.path.ismount(mountpoint):
+            break
+        subprocess.run(cmd, capture_output=True, timeout=60)
+        try:
+            process.wait(30)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
+def _wait_mounted(mountpoint: Path, process: subprocess.Popen, timeout: float,
+                  log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"the mount exited with {process.returncode}: {tail}")
+        if os.path.ismount(mountpoint):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"{mountpoint} was not mounted within {timeout:.0f} s")
+
+
+@dataclass
+class Mounted:
+    """A fresh mount: where the archive's members are, and the serving process."""
+
+    archive_dir: Path
+    pid: int
+    start_metrics: dict  # /metrics just before the mount process started
+    ready_metrics: dict  # /metrics once it answered
+    started: float  # time.monotonic() at the start of the process
+    ready: float  # time.monotonic() once it answered
+
+
+class StoragefsMount:
+    name = "storagefs"
+
+    def __init__(self, server: Server, work: Path, cache_size: int) -> None:
+        self.server = server
+        self.work = work
+        self.cache_size = cache_size
+        self.count = 0
+
+    @contextlib.contextmanager
+    def fresh(self, archive: str) -> Iterator[Mounted]:
+        self.count += 1
+        mountpoint = self.work / f"mnt-{self.count}"
+        mountpoint.mkdir()
+        log = self.work / f"mount-{self.count}.log"
+        before = self.server.metrics()
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "storagefs", "mount", str(mountpoint), "--foreground",
+             "--api-url", self.server.url, "--api-key", API_KEY, "--log-file", str(log),
+             "--cache-size", str(self.cache_size)],
+            stdout=subprocess.DEVNULL, stderr=(self.work / f"mount-{self.count}.err").open("w"))
+        try:
+            _wait_mounted(mountpoint, process, MOUNT_WAIT_S, log)
+            yield Mounted(mountpoint / "bench" / archive, process.pid, before,
+                          self.server.metrics(), started, time.monotonic())
+        finally:
+            _unmount(mountpoint, process)
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if "Traceback" in text:
+            print(f"warning: the mount logged a traceback (see {log})", file=sys.stderr)
+
+
+class RatarmountMount:
+    name = "ratarmount"
+
+    def __init__(self, server: Server, work: Path, executable: Path) -> None:
+        self.server = server
+        self.work = work
+        self.executable = executable
+        self.count = 0
+
+    @contextlib.contextmanager
+    def fresh(self, archive: str) -> Iterator[Mounted]:
+        self.count += 1
+        mountpoint = self.work / f"rat-{self.count}"
+        index = self.work / f"rat-index-{self.count}"
+        mountpoint.mkdir()
+        index.mkdir()
+        log = self.work / f"rat-{self.count}.log"
+        url = self.server.signed_url(f"bench/{archive}")
+        before = self.server.metrics()
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [str(self.executable), "-f", "-c", "--index-folders", str(index), url,
+             str(mountpoint)], stdout=log.open("w"), stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            _wait_mounted(mountpoint, process, PEER_MOUNT_WAIT_S, log)
+            yield Mounted(mountpoint, process.pid, before, self.server.metrics(), started,
+                          time.monotonic())
+        finally:
+            _unmount(mountpoint, process)
+            shutil.rmtree(index, ignore_errors=True)
+
+
+def ensure_ratarmount(allow_install: bool) -> tuple[Path | None, str]:
+    """ratarmount from its own venv, installed with pip on first use; (path, note)."""
+    executable = RATARMOUNT_VENV / "bin" / "ratarmount"
+    if not executable.exists() and allow_install:
+        print("installing ratarmount into .bench/ratarmount-venv (once) ...", flush=True)
+        log = BENCH / "ratarmount-install.log"
+        BENCH.mkdir(exist_ok=True)
+        with log.open("w") as out:
+            ok = subprocess.run([sys.executable, "-m", "venv", str(RATARMOUNT_VENV)],
+                                stdout=out, stderr=subprocess.STDOUT).returncode == 0
+            ok = ok and subprocess.run(
+                [str(RATARMOUNT_VENV / "bin" / "pip"), "install", "--quiet", "ratarmount",
+                 "fsspec[http]", "aiohttp"], stdout=out, stderr=subprocess.STDOUT).returncode == 0
+        if not ok:
+            return None, f"ratarmount did not install with pip (see {log.relative_to(REPO)})"
+    if not executable.exists():
+        return None, "ratarmount not installed"
+    version = subprocess.run([str(executable), "--version"], capture_output=True, text=True)
+    first = (version.stdout or version.stderr).strip().splitlines()
+    return executable, first[0] if first else "ratarmount"
+
+
+# -- measurements ----------------------------------------------------------------------------
+
+
+def _run_timed(cmd: list[str], timeout: float, stdout=subprocess.DEVNULL) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, timeout=timeout)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({result.returncode}): "
+                           f"{result.stderr.decode(errors='replace')[-500:]}")
+    return elapsed
+
+
+_PREADS = r"""
+import json, os, sys, time
+path, offsets, length, budget = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+fd = os.open(path, os.O_RDONLY)
+times, started = [], time.perf_counter()
+for offset in offsets:
+    t = time.perf_counter()
+    data = os.pread(fd, length, offset)
+    times.append(time.perf_counter() - t)
+    assert len(data) == length, (offset, len(data))
+    if time.perf_counter() - started > budget:
+        break
+os.close(fd)
+print(json.dumps(times))
+"""
+
+_QUERY = r"""
+import json, sqlite3, sys, time
+t = time.perf_counter()
+db = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro&immutable=1", uri=True)
+rows = db.execute(sys.argv[2]).fetchall()
+print(json.dumps({"seconds": time.perf_counter() - t, "rows": rows}))
+"""
+
+
+def preads(path: Path, offsets: list[int], budget: float) -> list[float]:
+    result = subprocess.run([sys.executable, "-c", _PREADS, str(path), json.dumps(offsets),
+                             "4096", str(budget)], capture_output=True, text=True,
+                            timeout=budget + 600)
+    if result.returncode != 0:
+        raise RuntimeError(f"preads failed: {result.stderr[-500:]}")
+    return json.loads(result.stdout)
+
+
+def query(path: Path, timeout: float = 900) -> dict:
+    result = subprocess.run([sys.executable, "-c", _QUERY, str(path), QUERY],
+                            capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"query failed: {result.stderr[-500:]}")
+    return json.loads(result.stdout)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _latency(times: list[float], wanted: int) -> dict:
+    if not times:
+        return {"done": 0, "of": wanted}
+    return {"done": len(times), "of": wanted, "median_ms": statistics.median(times) * 1e3,
+            "p95_ms": _pct(times, 0.95) * 1e3, "total_s": sum(times)}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, sizes: Sizes, corpus: Path, work: Path) -> None:
+        self.args = args
+        self.sizes = sizes
+        self.corpus = corpus
+        self.facts = json.loads((corpus / "manifest.json").read_text())["facts"]
+        self.work = work
+        self.server = Server(corpus / "root", work)
+        self.dropped = True
+        self.timeout = 3600.0
+
+    def cold(self) -> None:
+        self.dropped = drop_caches() and self.dropped
+
+    def member_path(self, m: Mounted, member: str) -> Path:
+        return m.archive_dir / member
+
+    # Each row runs against one system (a StoragefsMount or a RatarmountMount) and returns a dict.
+
+    def row_cat(self, system) -> dict:
+        facts = self.facts[BIG_ZIP]
+        with system.fresh(BIG_ZIP) as m:
+            self.cold()
+            rss = RssSampler(m.pid)
+            before = self.server.metrics()
+            seconds = _run_timed(["cat", str(m.archive_dir / BIG_MEMBER)], self.timeout)
+            moved = traffic(before, self.server.metrics())
+            memory = rss.stop()
+        size, compressed = facts["sizes"][BIG_MEMBER], facts["compressed"][BIG_MEMBER]
+        return {"seconds": seconds, "mb_s": size / seconds / 1e6,
+                "fetched_over_compressed": moved["object_bytes"] / compressed,
+                "traffic": moved, "memory": memory}
+
+    def local_unzip(self) -> dict:
+        self.cold()
+        archive = self.corpus / "root" / "bench" / BIG_ZIP
+        seconds = _run_timed(["unzip", "-p", str(archive), BIG_MEMBER], self.timeout)
+        return {"seconds": seconds, "mb_s": self.facts[BIG_ZIP]["sizes"][BIG_MEMBER] / seconds / 1e6}
+
+    def row_small(self, system) -> dict:
+        with system.fresh(BIG_ZIP) as m:
+            self.cold()
+            seconds = _run_timed(["cat", str(m.archive_dir / SMALL_MEMBER)], self.timeout)
+            after = self.server.metrics()
+        # storagefs fetches nothing before a path is used; ratarmount reads the archive's
+        # directory while mounting, so its count starts with the process.
+        start = m.ready_metrics if system.name == "storagefs" else m.start_metrics
+        moved = traffic(start, after)
+        compressed = self.facts[BIG_ZIP]["compressed"][SMALL_MEMBER]
+        return {"seconds": seconds, "requests": moved["requests"],
+                "object_bytes": moved["object_bytes"], "compressed": compressed,
+                "bytes_over_compressed": moved["object_bytes"] - compressed, "traffic": moved}
+
+    def row_preads(self, system) -> dict:
+        size = self.facts[BIG_ZIP]["sizes"][BIG_MEMBER]
+        rng = random.Random(SEED)
+        offsets = [rng.randrange(0, size - 4096) for _ in range(self.sizes.reads)]
+        with system.fresh(BIG_ZIP) as m:
+            self.cold()
+            path = m.archive_dir / BIG_MEMBER
+            before = self.server.metrics()
+            cold = preads(path, offsets, self.sizes.read_budget_s)
+            between = self.server.metrics()
+            self.cold()
+            warm = preads(path, offsets, self.sizes.read_budget_s)
+            after = self.server.metrics()
+        return {"cold": {**_latency(cold, len(offsets)), "traffic": traffic(before, between)},
+                "warm": {**_latency(warm, len(offsets)), "traffic": traffic(between, after)}}
+
+    def row_ls(self, system) -> dict:
+        self.server.restart()
+        out = self.work / f"ls-{system.name}.txt"
+        with system.fresh(MANY_ZIP) as m:
+            self.cold()
+            rss = RssSampler(m.pid)
+            before = self.server.metrics()
+            with out.open("w") as listing:
+                ls_s = _run_timed(["ls", "-lR", str(m.archive_dir)], self.timeout, listing)
+            moved = traffic(before, self.server.metrics())
+            memory = rss.stop()
+            mount_s = m.ready - m.started
+            # The same listing again on this mount: the kernel's and the daemon's caches.
+            again_s = _run_timed(["ls", "-lR", str(m.archive_dir)], self.timeout)
+        # A second fresh mount against the now warm server: the mount's own share.
+        with system.fresh(MANY_ZIP) as m:
+            self.cold()
+            warm_server_s = _run_timed(["ls", "-lR", str(m.archive_dir)], self.timeout)
+        files = sum(1 for line in out.open(errors="replace") if line.startswith("-"))
+        # storagefs lists an archive when it is first used; ratarmount indexes it before it
+        # mounts, so its time to mount is part of its cold listing.
+        seconds = ls_s if system.name == "storagefs" else mount_s + ls_s
+        return {"seconds": seconds, "ls_seconds": ls_s, "mount_seconds": mount_s, "files_listed": files,
+                "expected_files": self.facts[MANY_ZIP]["members"], "memory": memory,
+                "traffic": moved, "again_same_mount_s": again_s,
+                "fresh_mount_warm_server_s": warm_server_s}
+
+    def row_parallel(self, system) -> dict:
+        members = [f"members/m{i}.log" for i in range(8)]
+        size = self.facts[PARALLEL_ZIP]["sizes"][members[0]]
+        with system.fresh(PARALLEL_ZIP) as m:
+            self.cold()
+            rss1 = RssSampler(m.pid)
+            one_s = _run_timed(["cat", str(m.archive_dir / members[0])], self.timeout)
+            mem1 = rss1.stop()
+        with system.fresh(PARALLEL_ZIP) as m:
+            self.cold()
+            rss = RssSampler(m.pid)
+            started = time.perf_counter()
+            procs = [subprocess.Popen(["cat", str(m.archive_dir / name)],
+                                      stdout=subprocess.DEVNULL) for name in members]
+            codes = [p.wait(self.timeout) for p in procs]
+            all_s = time.perf_counter() - started
+            memory = rss.stop()
+        if any(codes):
+            raise RuntimeError(f"parallel cat failed: {codes}")
+        one, together = size / one_s / 1e6, 8 * size / all_s / 1e6
+        return {"one_mb_s": one, "eight_mb_s": together, "ratio": together / one,
+                "memory": memory, "memory_one": mem1}
+
+    def row_sqlite(self, system) -> dict:
+        with system.fresh(DB_ZIP) as m:
+            self.cold()
+            before = self.server.metrics()
+            mounted = query(m.archive_dir / DB_MEMBER)
+            moved = traffic(before, self.server.metrics())
+        self.cold()
+        local = query(self.corpus / "local" / "sim.db")
+        if mounted["rows"] != local["rows"]:
+            raise RuntimeError("the query answered differently through the mount")
+        return {"mount_s": mounted["seconds"], "local_s": local["seconds"],
+                "ratio": mounted["seconds"] / max(local["seconds"], 1e-6), "traffic": moved,
+                "db_bytes": self.facts[DB_ZIP]["sizes"][DB_MEMBER]}
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+@dataclass
+class Line:
+    row: str
+    what: str
+    target: str
+    check: Callable[[float], bool] | None
+    pick: Callable[[dict], float | None]
+    unit: str = ""
+    digits: int = 2
+
+
+def lines(sizes: Sizes) -> dict[str, list[Line]]:
+    cache_mb = sizes.cache / 1e6
+    big = f"{sizes.big / MiB:g} MiB"
+    return {
+        "1": [Line("1", f"cat {big} deflated: speed / unzip -p", ">= 2.0", lambda v: v >= 2.0,
+                   lambda r: r["cat"]["mb_s"] / r["unzip"]["mb_s"], "x"),
+              Line("1", "  bytes fetched / compressed", "<= 1.05", lambda v: v <= 1.05,
+                   lambda r: r["cat"]["fetched_over_compressed"], "x", 3),
+              Line("1", "  throughput through the mount", "", None,
+                   lambda r: r["cat"]["mb_s"], "MB/s", 0)],
+        "2": [Line("2", "small member after it, cold: requests", "<= 4", lambda v: v <= 4,
+                   lambda r: r["small"]["requests"], "", 0),
+              Line("2", "  bytes fetched over compressed size", "<= 64 KiB",
+                   lambda v: v <= 65536, lambda r: r["small"]["bytes_over_compressed"] / 1024,
+                   "KiB", 1)],
+        "3": [Line("3", f"{sizes.reads} random 4 KiB preads, cold: median", "", None,
+                   lambda r: r["preads"]["cold"].get("median_ms"), "ms", 1),
+              Line("3", "  cold: p95", "", None,
+                   lambda r: r["preads"]["cold"].get("p95_ms"), "ms", 1),
+              Line("3", "  cold: reads done in the budget", "", None,
+                   lambda r: r["preads"]["cold"]["done"], "", 0),
+              Line("3", "  warm: median", "<= 15 ms", lambda v: v <= 15,
+                   lambda r: r["preads"]["warm"].get("median_ms"), "ms", 1),
+              Line("3", "  warm: p95", "<= 40 ms", lambda v: v <= 40,
+                   lambda r: r["preads"]["warm"].get("p95_ms"), "ms", 1)],
+        "4": [Line("4", f"ls -lR of {sizes.many:,} members, cold", "<= 5 s", lambda v: v <= 5,
+                   lambda r: r["ls"]["seconds"], "s", 2),
+              Line("4", "  daemon peak RSS", "<= 200 MB", lambda v: v <= 200,
+                   lambda r: r["ls"]["memory"]["hwm"] / 1e6, "MB", 0)],
+        "5": [Line("5", "8 readers at once / 1 reader", ">= 1.5", lambda v: v >= 1.5,
+                   lambda r: r["parallel"]["ratio"], "x")],
+        "6": [Line("6", "daemon peak RSS in rows 1 and 5", f"<= {cache_mb + 100:.0f} MB",
+                   lambda v: v <= cache_mb + 100,
+                   lambda r: max(r["cat"]["memory"]["hwm"],
+                                 r["parallel"]["memory"]["hwm"]) / 1e6, "MB", 0)],
+        "7": [Line("7", "SQLite query: mount / local copy", "", None,
+                   lambda r: r["sqlite"]["ratio"], "x", 1)],
+    }
+
+
+def _format(value: float | None, line: Line) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:,.{line.digits}f}"
+    return f"{text} {line.unit}".strip()
+
+
+def render(results: dict[str, dict], sizes: Sizes, rows: list[str]) -> tuple[str, list[dict]]:
+    systems = list(results)
+    table: list[dict] = []
+    for row in rows:
+        for line in lines(sizes)[row]:
+            entry = {"row": line.row, "what": line.what.strip(), "target": line.target,
+                     "unit": line.unit}
+            for name in systems:
+                result = results[name]
+                missing = [k for k in _NEEDS[row] if k not in result]
+                if missing:
+                    entry[name] = None
+                    errors = result.get("errors", {})
+                    entry[name + "_error"] = next(
+                        (errors[k] for k in missing if k in errors), result.get("error", "not run"))
+                    continue
+                try:
+                    value = line.pick(result)
+                except (KeyError, TypeError, ZeroDivisionError):
+                    value = None
+                entry[name] = value
+            value = entry.get("storagefs")
+            entry["pass"] = None if line.check is None or value is None else bool(
+                line.check(value))
+            if line.check is not None and value is None:
+                entry["pass"] = False
+            table.append(entry)
+    widths = [4, max(len(e["what"]) for e in table) + 2 if table else 10, 18, 18, 12, 6]
+    head = ["row", "what", "storagefs", systems[1] if len(systems) > 1 else "", "target", "pass"]
+    out = ["".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
+           "-" * (sum(widths) - 2)]
+    current = ""
+    for entry, line in zip(table, [ln for row in rows for ln in lines(sizes)[row]]):
+        cells = [entry["row"] if entry["row"] != current else "", line.what]
+        current = entry["row"]
+        for name in systems[:2]:
+            if entry.get(name + "_error"):
+                cells.append("error")
+            else:
+                cells.append(_format(entry.get(name), line))
+        if len(systems) < 2:
+            cells.append("")
+        cells.append(line.target)
+        cells.append({True: "PASS", False: "FAIL", None: ""}[entry["pass"]])
+        out.append("".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return "\n".join(out), table
+
+
+# Which result keys each row needs.
+_NEEDS = {"1": ("cat", "unzip"), "2": ("small",), "3": ("preads",), "4": ("ls",),
+          "5": ("parallel",), "6": ("cat", "parallel"), "7": ("sqlite",)}
+_RUNS = {"1": ("cat",), "2": ("small",), "3": ("preads",), "4": ("ls",), "5": ("parallel",),
+         "6": ("cat", "parallel"), "7": ("sqlite",)}
+
+
+def run_system(bench: Bench, system, rows: list[str], unzip: dict | None) -> dict:
+    methods = {"cat": bench.row_cat, "small": bench.row_small, "preads": bench.row_preads,
+               "ls": bench.row_ls, "parallel": bench.row_parallel, "sqlite": bench.row_sqlite}
+    wanted: list[str] = []
+    for row in rows:
+        for key in _RUNS[row]:
+            if key not in wanted:
+                wanted.append(key)
+    result: dict = {}
+    if unzip is not None:
+        result["unzip"] = unzip
+    for key in wanted:
+        print(f"  {system.name}: {key} ...", flush=True)
+        started = time.monotonic()
+        try:
+            result[key] = methods[key](system)
+        except Exception as exc:  # noqa: BLE001 - a failed row is reported, the rest still run
+            message = f"{type(exc).__name__}: {exc}"[:300]
+            print(f"  {system.name}: {key} failed: {message}", file=sys.stderr, flush=True)
+            result.setdefault("errors", {})[key] = message
+            result["error"] = message
+        else:
+            print(f"  {system.name}: {key} done in {time.monotonic() - started:.1f} s", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small corpus: a smoke run")
+    parser.add_argument("--json", type=Path, default=REPO / "bench-results.json",
+                        help="where to save the results (default: %(default)s)")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7", help="rows to run (default: all)")
+    parser.add_argument("--peer", choices=("ratarmount", "none"), default="ratarmount",
+                        help="the second column (default: ratarmount, installed on first use)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    args = parser.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if any(r not in _NEEDS for r in rows):
+        parser.error(f"--rows: choose from {','.join(_NEEDS)}")
+    sizes = QUICK if args.quick else FULL
+    corpus = build_corpus(sizes, args.quick)
+    BENCH.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=BENCH))
+    bench = Bench(args, sizes, corpus, work)
+    peer_note = "not run (--peer none)"
+    started = time.monotonic()
+    results: dict[str, dict] = {}
+    try:
+        bench.server.start()
+        unzip = bench.local_unzip() if "1" in rows else None
+        print("storagefs:", flush=True)
+        results["storagefs"] = run_system(bench, StoragefsMount(bench.server, work, sizes.cache),
+                                          rows, unzip)
+        if args.peer == "ratarmount":
+            executable, peer_note = ensure_ratarmount(allow_install=True)
+            if executable is not None:
+                print(f"{peer_note}:", flush=True)
+                results["ratarmount"] = run_system(
+                    bench, RatarmountMount(bench.server, work, executable), rows, unzip)
+            else:
+                results["ratarmount"] = {"error": peer_note}
+    finally:
+        bench.server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    text, table = render(results, sizes, rows)
+    notes = [f"corpus: {'quick' if args.quick else 'full'}; mount --cache-size "
+             f"{sizes.cache // MiB} MiB; {os.cpu_count()} cores; run took "
+             f"{time.monotonic() - started:.0f} s",
+             f"peer: {peer_note}"]
+    if not bench.dropped:
+        notes.append("page cache NOT dropped between cold runs (needs root)")
+    print()
+    print(text)
+    for note in notes:
+        print(note)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "commit": commit, "quick": args.quick, "sizes": asdict(sizes),
+              "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                          "python": platform.python_version()},
+              "page_cache_dropped": bench.dropped, "peer": peer_note, "notes": notes,
+              "table": table, "results": results}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1, default=str))
+    print(f"saved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
