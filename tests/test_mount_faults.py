@@ -54,12 +54,18 @@ def proc_state(pid: int) -> str | None:
     return text.rpartition(")")[2].split()[0]
 
 
-def thread_states(pid: int) -> list[str]:
-    states = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
-    return states
+def stuck_threads(pid: int, samples: int = 5) -> set[str]:
+    """Threads of a process found in uninterruptible sleep (D) in every one of a few samples."""
+    stuck: set[str] | None = None
+    for _ in range(samples):
+        now = set()
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                if (task / "stat").read_text().rpartition(")")[2].split()[0] == "D":
+                    now.add(task.name)
+        stuck = now if stuck is None else stuck & now
+        time.sleep(0.05)
+    return stuck or set()
 
 
 @contextlib.contextmanager
@@ -233,7 +239,6 @@ def test_lasting_faults_give_errors_in_bounded_time_then_recover(setup, fault, f
             assert reader.process.returncode != 0, f"{fault}: {name} read without error"
             assert ("Input/output error" in reader.stderr
                     or "timed out" in reader.stderr.lower()), reader.stderr
-            assert "D" not in reader.states or elapsed < EIO_BOUND
             figures["lasting faults: slowest error (mount, s)"] = max(
                 figures["lasting faults: slowest error (mount, s)"], round(elapsed, 1))
             figures["lasting faults: reads answered with an error (mount)"] += 1
@@ -243,7 +248,7 @@ def test_lasting_faults_give_errors_in_bounded_time_then_recover(setup, fault, f
             assert lister.process.returncode != 0, f"{fault}: ls succeeded"
         figures["lasting faults: slowest error (mount, s)"] = max(
             figures["lasting faults: slowest error (mount, s)"], round(elapsed, 1))
-        assert "D" not in thread_states(setup["process"].pid)
+        assert not stuck_threads(setup["process"].pid)
     finally:
         proxy.clear()
         proxy.up()

@@ -45,7 +45,6 @@ PATH_PARAMETERS = [
     ("DELETE", "/storage/", "path", {}),
     ("POST", "/storage/copy", "source", {"target": "copied"}),
     ("POST", "/storage/copy", "target", {"source": "inside/a.txt"}),
-    ("POST", "/storage/input_remote", "path", {"url": "http://127.0.0.1:9/x"}),
 ]
 
 
@@ -117,6 +116,26 @@ def test_no_path_parameter_leaves_the_root(jail, method, route, param, others, h
     assert (outside / "secret.txt").read_text() == MARKER
     assert not (server.root / "copied").exists() or \
         (server.root / "copied").read_text() == "inside"
+
+
+def test_upload_from_url_target_stays_in_the_root(make_server, tmp_path):
+    """The URL is checked first, so the target path is tried on a server that allows
+    private URLs (the fetch goes to a closed port on 127.0.0.1)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    srv = make_server("--allow-private-urls")
+    (srv.root / "link-dir").symlink_to(outside)
+    (srv.root / "inside").mkdir()
+    (srv.root / "inside" / "link.txt").symlink_to(outside / "secret.txt")
+    (srv.root / "inside" / "link.zip").symlink_to(outside / "secret.zip")
+    for label, path in HOSTILE_PATHS.items():
+        response = requests.post(srv.url + "/storage/input_remote", timeout=30,
+                                 params={"url": "http://127.0.0.1:9/x", "path": path},
+                                 headers={"X-API-Key": KEY})
+        assert response.status_code < 500, (label, response.text)
+        if label not in ("absolute", "backslash"):
+            assert response.status_code in (400, 403, 404, 409), (label, response.text)
+    assert list(outside.iterdir()) == []  # the links' targets were never created
 
 
 def test_signed_urls_never_serve_through_a_symlink(jail):
