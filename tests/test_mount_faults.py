@@ -133,23 +133,22 @@ def setup(tmp_path_factory):
     config = work / "storagefs.ini"
     config.write_text(CONFIG)
     root = work / "root"
-    files = {
-        "plain/big.bin": mixed_bytes(71, 5 * MiB + 3),
-        "plain/small.txt": b"small\n" * 100,
-    }
     members = {
         "out/big.dat": mixed_bytes(72, 3 * MiB + 17),  # larger than the 1 MiB window
         "out/small.txt": text_bytes(73, 200_000),
         "out/tiny.txt": b"tiny\n",
     }
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
     archive, _ = build_pyzip(work, members, "deflate", name="task.zip")
-    (root / "task").mkdir(parents=True)
-    (root / "task" / "output.zip").write_bytes(archive.read_bytes())
     stored, _ = build_pyzip(work, {"s.txt": text_bytes(74, 300_000)}, "store", name="s.zip")
-    (root / "task" / "stored.zip").write_bytes(stored.read_bytes())
+    stored_files = {"plain/big.bin": mixed_bytes(71, 5 * MiB + 3),
+                    "plain/small.txt": b"small\n" * 100,
+                    "task/output.zip": archive.read_bytes(),
+                    "task/stored.zip": stored.read_bytes()}
+    view = {"plain/big.bin": stored_files["plain/big.bin"],
+            "plain/small.txt": stored_files["plain/small.txt"],
+            **{f"task/output.zip/{n}": d for n, d in members.items()},
+            "task/stored.zip/s.txt": text_bytes(74, 300_000)}
+    root.mkdir()
     server = start_server(root, work, "--signing-key-file", str(key_file))
     proxy = FaultProxy(server.url)
     mountpoint, log = work / "mnt", work / "mount.log"
@@ -157,15 +156,25 @@ def setup(tmp_path_factory):
         # --cache-size 32M: a 1 MiB decode window, so out/big.dat is a "large" member
         with mounted(proxy.url, server.api_key, mountpoint, log, config,
                      "--metadata-ttl", "1", "--cache-size", "32M") as process:
-            expected = {f"plain/{n.split('/', 1)[1]}": d for n, d in files.items()}
-            expected.update({f"task/output.zip/{n}": d for n, d in members.items()})
-            expected["task/stored.zip/s.txt"] = text_bytes(74, 300_000)
-            yield dict(server=server, proxy=proxy, mnt=mountpoint, files=expected,
-                       process=process, key_file=key_file, work=work, config=config)
+            yield dict(server=server, proxy=proxy, mnt=mountpoint, stored_files=stored_files,
+                       view=view, process=process, key_file=key_file, work=work,
+                       config=config, root=root)
     finally:
         proxy.close()
         server.stop()
     assert_clean_log(log)
+
+
+def fresh(setup, tag: str) -> dict[str, bytes]:
+    """The test files stored again under the folder ``tag``, so that nothing the mount may
+    have cached from earlier reads answers for them; {path in the mount: bytes}. The folder
+    shows once the root's listing expires (1 s)."""
+    for name, data in setup["stored_files"].items():
+        target = setup["root"] / tag / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    time.sleep(1.1)
+    return {f"{tag}/{name}": data for name, data in setup["view"].items()}
 
 
 def read(path: Path) -> bytes:
@@ -198,15 +207,17 @@ TRANSIENT = {
 @pytest.mark.parametrize("fault", list(TRANSIENT))
 def test_transient_faults_are_invisible(setup, fault, figures):
     proxy, mnt = setup["proxy"], setup["mnt"]
-    time.sleep(1.1)  # past the metadata TTL, so listings are asked for again too
+    tag = f"transient-{list(TRANSIENT).index(fault)}"
+    files = fresh(setup, tag)
     before = sum(proxy.injected.values())
     rule = TRANSIENT[fault](proxy)
     verified = 0
     for name in ("plain/big.bin", "task/output.zip/out/big.dat", "task/output.zip/out/small.txt",
                  "task/stored.zip/s.txt"):
-        os.listdir((mnt / name).parent)
-        blob = read(mnt / name)
-        assert sha(blob) == sha(setup["files"][name]), f"{fault}: {name} differs"
+        path = mnt / tag / name
+        os.listdir(path.parent)
+        blob = read(path)
+        assert sha(blob) == sha(files[f"{tag}/{name}"]), f"{fault}: {name} differs"
         verified += len(blob)
     proxy.clear()
     injected = sum(proxy.injected.values()) - before
@@ -229,12 +240,13 @@ LASTING = {
 
 @pytest.mark.parametrize("fault", list(LASTING))
 def test_lasting_faults_give_errors_in_bounded_time_then_recover(setup, fault, figures):
-    proxy, mnt, files = setup["proxy"], setup["mnt"], setup["files"]
-    time.sleep(1.1)  # listings expired: ls must ask the server
+    proxy, mnt = setup["proxy"], setup["mnt"]
+    tag = f"lasting-{list(LASTING).index(fault)}"
+    files = fresh(setup, tag)  # and the listings have expired: ls must ask the server
     LASTING[fault](proxy)
     try:
         for name in ("plain/big.bin", "task/output.zip/out/big.dat"):
-            reader = Timed("cat", str(mnt / name))
+            reader = Timed("cat", str(mnt / tag / name))
             elapsed = reader.wait()
             assert reader.process.returncode != 0, f"{fault}: {name} read without error"
             assert ("Input/output error" in reader.stderr
@@ -242,7 +254,7 @@ def test_lasting_faults_give_errors_in_bounded_time_then_recover(setup, fault, f
             figures["lasting faults: slowest error (mount, s)"] = max(
                 figures["lasting faults: slowest error (mount, s)"], round(elapsed, 1))
             figures["lasting faults: reads answered with an error (mount)"] += 1
-        lister = Timed("ls", "-l", str(mnt / "plain"))
+        lister = Timed("ls", "-l", str(mnt / tag / "plain"))
         elapsed = lister.wait()
         if fault in ("HTTP 503 forever", "stall forever", "server unreachable"):
             assert lister.process.returncode != 0, f"{fault}: ls succeeded"
@@ -254,17 +266,20 @@ def test_lasting_faults_give_errors_in_bounded_time_then_recover(setup, fault, f
         proxy.up()
     # The mount recovers by itself.
     for name in ("plain/big.bin", "task/output.zip/out/big.dat"):
-        assert sha(read(mnt / name)) == sha(files[name]), f"after {fault}: {name}"
-        figures["bytes verified (mount)"] += len(files[name])
+        want = files[f"{tag}/{name}"]
+        assert sha(read(mnt / tag / name)) == sha(want), f"after {fault}: {name}"
+        figures["bytes verified (mount)"] += len(want)
     figures["faults injected: lasting (mount)"] += 1
     figures["lasting faults recovered from without remounting (mount)"] += 1
 
 
 def test_a_reader_waiting_on_a_stalled_server_can_be_killed(setup, figures):
     proxy, mnt = setup["proxy"], setup["mnt"]
+    files = fresh(setup, "killable")
+    os.stat(mnt / "killable" / "plain" / "big.bin")
     proxy.stall(60, count=None)
     try:
-        reader = Timed("cat", str(mnt / "plain" / "big.bin"))
+        reader = Timed("cat", str(mnt / "killable" / "plain" / "big.bin"))
         time.sleep(0.7)
         state = proc_state(reader.process.pid)
         assert state in ("S", "D", "R"), state
@@ -274,7 +289,8 @@ def test_a_reader_waiting_on_a_stalled_server_can_be_killed(setup, figures):
         assert time.monotonic() - killed < 3
     finally:
         proxy.clear()
-    assert sha(read(mnt / "plain" / "big.bin")) == sha(setup["files"]["plain/big.bin"])
+    assert sha(read(mnt / "killable" / "plain" / "big.bin")) == \
+        sha(files["killable/plain/big.bin"])
     figures["stalled readers killed promptly (mount)"] += 1
 
 
@@ -291,9 +307,10 @@ def _middle_of_data(setup, archive: str, member: str) -> int:
 
 
 def test_flipped_byte_is_eio_never_wrong_bytes(setup, figures):
-    proxy, mnt, files = setup["proxy"], setup["mnt"], setup["files"]
-    cases = [("task/stored.zip", "s.txt"), ("task/output.zip", "out/small.txt"),
-             ("task/output.zip", "out/big.dat")]
+    proxy, mnt = setup["proxy"], setup["mnt"]
+    files = fresh(setup, "flipped")
+    cases = [("flipped/task/stored.zip", "s.txt"), ("flipped/task/output.zip", "out/small.txt"),
+             ("flipped/task/output.zip", "out/big.dat")]
     for archive, member in cases:
         rule = proxy.flip(_middle_of_data(setup, archive, member), count=None)
         path = mnt / archive / member
@@ -333,17 +350,19 @@ def test_flipped_byte_is_eio_never_wrong_bytes(setup, figures):
 def test_server_killed_mid_read_and_restarted(setup, tmp_path, figures):
     """Directly, without the proxy: the server process dies while a file is being read."""
     root = setup["server"].root
+    files = fresh(setup, "killed")
     port = free_port()
     extra = ("--signing-key-file", str(setup["key_file"]))
     server = start_server(root, tmp_path, *extra, port=port)
     mountpoint, log = tmp_path / "mnt", tmp_path / "mount.log"
-    want = setup["files"]["task/output.zip/out/big.dat"]
+    want = files["killed/task/output.zip/out/big.dat"]
     path = None
     try:
         with mounted(server.url, server.api_key, mountpoint, log, setup["config"],
-                     "--metadata-ttl", "1", "--cache-size", "32M"):
-            path = mountpoint / "task" / "output.zip" / "out" / "big.dat"
-            assert sha(read(path)) == sha(want)
+                     "--metadata-ttl", "1", "--cache-size", "2M"):
+            path = mountpoint / "killed" / "task" / "output.zip" / "out" / "big.dat"
+            assert read(mountpoint / "killed" / "plain" / "small.txt") == \
+                files["killed/plain/small.txt"]
             outcome: dict = {}
 
             def slow_reader() -> None:
@@ -375,7 +394,7 @@ def test_server_killed_mid_read_and_restarted(setup, tmp_path, figures):
             else:
                 assert sha(outcome["data"]) == sha(want)
             server = start_server(root, tmp_path, *extra, port=port)  # same port, same key
-            for name, data in setup["files"].items():  # back by itself, no remount
+            for name, data in files.items():  # back by itself, no remount
                 assert sha(read(mountpoint / name)) == sha(data), name
                 figures["bytes verified (mount)"] += len(data)
     finally:
