@@ -66,7 +66,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--cache-size", type=_size, default=MountConfig.cache_size, metavar="SIZE",
                    help="memory for decoded data, e.g. 256M (default: 256M)")
     p.add_argument("--cache-dir", type=Path,
-                   help="folder for the on-disk block cache (reserved; not used yet)")
+                   help="keep fetched ranges in this folder, for this and later mounts")
+    p.add_argument("--cache-dir-size", type=_size, default=MountConfig.cache_dir_size,
+                   metavar="SIZE", help="at most this much in --cache-dir (default: 4G)")
     p.add_argument("--metadata-ttl", type=float, default=MountConfig.metadata_ttl,
                    metavar="SECONDS", help="how long listings are trusted (default: %(default)s)")
     p.add_argument("--zip-as", choices=ZIP_AS, default="dir",
@@ -100,6 +102,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[MountConfig, ClientConf
         fuse_options=tuple(args.options),
         cache_size=args.cache_size,
         cache_dir=Path(os.path.abspath(args.cache_dir)) if args.cache_dir else None,
+        cache_dir_size=args.cache_dir_size,
         metadata_ttl=args.metadata_ttl,
         negative_ttl=min(args.metadata_ttl, MountConfig.negative_ttl),
         zip_as=args.zip_as,
@@ -126,7 +129,8 @@ def child_argv(mount: MountConfig, client: ClientConfig) -> list[str]:
     for option in mount.fuse_options:
         argv += ["-o", option]
     if mount.cache_dir:
-        argv += ["--cache-dir", str(mount.cache_dir)]
+        argv += ["--cache-dir", str(mount.cache_dir), "--cache-dir-size",
+                 str(mount.cache_dir_size)]
     if mount.log_file:
         argv += ["--log-file", str(mount.log_file)]
     if mount.debug:
@@ -249,7 +253,9 @@ def run(mount: MountConfig, client_config: ClientConfig,
 def _serve(mount: MountConfig, client) -> int:
     """The FUSE loop in this process, until unmounted or signalled."""
     from .cache import CachedBackend
+    from .diskcache import DiskCache
     from .mount import StorageOperations, fuse_options, serve_forever
+    from .reader import ReadContext
     from .vfs import VFS, ClientBackend
 
     ready_fd = _ready_fd()
@@ -258,8 +264,10 @@ def _serve(mount: MountConfig, client) -> int:
     backend = CachedBackend(ClientBackend(client, client.config.region),
                             ttl=mount.metadata_ttl, negative_ttl=mount.negative_ttl,
                             max_archives=mount.max_archives)
+    disk = DiskCache(mount.cache_dir, mount.cache_dir_size) if mount.cache_dir else None
     vfs = VFS(backend, zip_as_dir=mount.zip_as == "dir", window=mount.window_bytes,
-              max_archives=mount.max_archives, negative_ttl=mount.negative_ttl)
+              max_archives=mount.max_archives, negative_ttl=mount.negative_ttl,
+              context=ReadContext(mount.cache_size), disk=disk)
 
     def ready() -> None:
         log.info("mounted %s at %s", client.config.api_url, mount.mountpoint)
@@ -476,8 +484,8 @@ _MOUNT8_ONLY = {"defaults", "auto", "noauto", "user", "users", "nouser", "owner"
                 "_netdev", "nofail", "rw", "ro", "exec", "noexec", "suid", "nosuid", "dev",
                 "nodev", "sync", "async", "atime", "noatime", "relatime", "strictatime",
                 "nodiratime", "diratime", "loud", "silent"}
-_OURS = {"api_url", "api_key_file", "region", "cache_size", "cache_dir", "metadata_ttl",
-         "zip_as", "log_file", "debug"}
+_OURS = {"api_url", "api_key_file", "region", "cache_size", "cache_dir", "cache_dir_size",
+         "metadata_ttl", "zip_as", "log_file", "debug"}
 
 
 def mount_helper(argv: list[str] | None = None) -> int:
@@ -485,7 +493,8 @@ def mount_helper(argv: list[str] | None = None) -> int:
 
     SOURCE is the API URL (``http(s)://...``), or any word (``storagefs``) to take it from the
     ``api_url=`` option, the environment or the config file. Options are ours (``api_url``,
-    ``api_key_file``, ``region``, ``cache_size``, ``cache_dir``, ``metadata_ttl``, ``zip_as``,
+    ``api_key_file``, ``region``, ``cache_size``, ``cache_dir``, ``cache_dir_size``,
+    ``metadata_ttl``, ``zip_as``,
     ``log_file``, ``debug``), FUSE's (``allow_other``, ``uid``, ``gid``, ``umask``, ...) or
     mount(8)'s own (``noauto``, ``_netdev``, ``user``..., ignored).
     """
@@ -524,6 +533,8 @@ def mount_helper(argv: list[str] | None = None) -> int:
             fuse_options=(",".join(fuse),) if fuse else (),
             cache_size=parse_size(str(ours.get("cache_size", MountConfig.cache_size))),
             cache_dir=Path(str(ours["cache_dir"])) if ours.get("cache_dir") else None,
+            cache_dir_size=parse_size(str(ours.get("cache_dir_size",
+                                                   MountConfig.cache_dir_size))),
             metadata_ttl=float(ours.get("metadata_ttl", MountConfig.metadata_ttl)),
             negative_ttl=min(float(ours.get("metadata_ttl", MountConfig.metadata_ttl)),
                              MountConfig.negative_ttl),

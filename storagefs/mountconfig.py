@@ -33,11 +33,13 @@ class MountConfig:
     foreground: bool = False
     # Extra ``-o`` options handed to FUSE as given: allow_other, uid=N, gid=N, umask=...
     fuse_options: tuple[str, ...] = ()
-    # Memory for decoded data. Today each open file keeps its last decoded window, at most
-    # cache_size // 32 bytes (clamped to 1..16 MiB); the block cache planned next spends all of it.
+    # Memory for decoded data, one budget for the whole mount: decoded blocks, inflater
+    # snapshots and read-ahead buffers of all open files (reader.ReadContext).
     cache_size: int = 256 << 20
-    # Reserved for the on-disk block cache planned next; checked to be a writable folder.
+    # Fetched ranges kept on disk here (diskcache.DiskCache), reused by later mounts.
     cache_dir: Path | None = None
+    # At most this much in cache_dir; least recently used ranges go first.
+    cache_dir_size: int = 4 << 30
     # How long listings, archive trees and statfs figures are trusted.
     metadata_ttl: float = 60.0
     # "Not found" answers are trusted for less: users create what they just looked for.
@@ -57,12 +59,13 @@ class MountConfig:
             raise ValueError(f"--zip-as must be one of {', '.join(ZIP_AS)}")
         if self.metadata_ttl < 0 or self.negative_ttl < 0:
             raise ValueError("TTLs must be >= 0")
-        if self.cache_size < 0:
-            raise ValueError("--cache-size must be >= 0")
+        if self.cache_size < 0 or self.cache_dir_size < 0:
+            raise ValueError("--cache-size and --cache-dir-size must be >= 0")
 
     @property
     def window_bytes(self) -> int:
-        """Decoded bytes one open file may keep (see ``cache_size``)."""
+        """Members up to this size are decoded and CRC-checked whole before their first byte
+        is returned (``cache_size`` // 32, 1 to 16 MiB)."""
         return max(1 << 20, min(16 << 20, self.cache_size // 32))
 
     def option_map(self) -> dict[str, str | bool]:

@@ -1,246 +1,625 @@
 """An open file of the mount: byte ranges of what the user sees -> bytes.
 
-Both readers see their object only through ``fetch(start, end) -> bytes``, absolute half-open
+Readers see their object only through ``fetch(start, end) -> bytes``, absolute half-open
 offsets in the stored object (a plain file, or the whole ZIP archive), so their tests need
-nothing but bytes. Each reader has one lock: FUSE's multithreaded loop may call ``read`` on
-one handle from several threads, and the kernel may reorder neighbouring reads.
+nothing but bytes. All open files share one ``ReadContext``: the memory budget
+(``blockcache.BlockCache``), the decode and fetch thread pools, and what is known about each
+member (``_MemberState``: snapshots, CRC-32 progress, verdict).
 
-``RangeReader`` (a plain file) fetches what is asked; while reads stay sequential each request
-doubles in size up to the window, and the last fetched window answers reads that fall inside
-it, so ``cat`` of a large file costs a few requests, not one per 128 KiB kernel read.
+How a read is answered
+----------------------
+What a reader returns is cut from *blocks* of decoded data at fixed offsets (1 MiB for
+compressed members, 256 KiB for stored members and plain files), kept in the shared cache.
+A FUSE read (128 KiB) is a lookup and a slice; only a miss decodes. Decoding happens in a
+worker of the decode pool, one job per open file at a time, so that the FUSE thread returns
+as soon as its block is ready while the worker goes on decoding the read-ahead window
+(``prefetch.ReadAhead``: grows while reads are sequential, 0 after a seek) and the next
+compressed ranges are already on their way (``prefetch.RangeFeed``): network, inflating and
+FUSE copies overlap.
 
-``MemberReader`` (a ZIP member) decodes a stream of compressed bytes:
+Where decoding starts (random access)
+-------------------------------------
+- Stored members and plain files map offsets directly: a stream starts at the block.
+- Deflate: every ``interval`` (4 MiB) of output a decoder passes, it leaves a *snapshot*: a copy
+  of the inflater state (``zlib.decompressobj().copy()``, ~40 KB) and the compressed offset to
+  go on from. Snapshots live in the shared budget, least recently used out. A read far from
+  the current stream starts from the nearest snapshot before it, so it inflates at most one
+  interval (CPython has no ``inflatePrime``, so zran's bit-exact index is out of reach, but a
+  copy taken at a byte boundary of the *input* needs none).
+- Deflate64, bzip2, LZMA, xz and zstd cannot be copied: a read ahead of the open file's stream
+  decodes through, a read behind it restarts from the member's start; decoded blocks stay in
+  the cache, so going back over recent data costs nothing.
 
-- The stream starts at the member's first compressed byte; sequential reads keep one decoder
-  and continue it, fetching compressed chunks that grow while the reading goes on.
-- The last decoded window (``window`` bytes) answers repeated and slightly reordered reads.
-- A read before the window restarts the decoder from the beginning; a read ahead of it decodes
-  and discards up to there. (Snapshots of decoder state every few MiB, read-ahead and a shared
-  block cache are meant to slot in here: ``_Stream`` is the unit they would save and resume.)
-- A stored member is the exception: far jumps start a new stream at the requested offset, so
-  random access (a database file) costs one ranged read per miss.
-- CRC-32 and size are checked whenever a stream that began at offset 0 reaches the member's
-  end. The read that reaches the end returns nothing unless the check passes, and members no
-  larger than the window are decoded and checked whole before their first byte is returned,
-  so a corrupt small member never yields data. A large member read sequentially yields its
-  earlier windows before the end is checked; its last read fails, so ``cp``/``cat``/``cmp``
-  still end with an error.
+What is verified (CRC-32 and size)
+----------------------------------
+- Structure: any stream that reaches the member's end checks that the data ends there (no
+  output beyond the recorded size, the compressed stream complete). The block holding the end
+  is cached and returned only after that check.
+- CRC-32 is computed incrementally over blocks taken in order from offset 0 (by this handle
+  or any other, decoded or found in the cache). When that running CRC reaches the member's
+  end it is compared with the expected one, *before* the last block is returned. A mismatch
+  (or any corrupt-data error) marks the member bad for every handle, so no further byte of it
+  is returned, even from the cache.
+- Members no larger than ``window`` (8 MiB in the mount) are decoded and checked whole before
+  their first byte is returned, so a damaged small member never yields data.
+- A large member returns its blocks as they are decoded; if it is damaged, the read that
+  reaches its end fails (as may reads after the decoder got there ahead of the reader), so
+  ``cp``/``cat``/``cmp`` end with an error.
+- Not verified: a member never read in order through its end (random access only, e.g. a
+  database read page by page) cannot be CRC-checked; its last block is returned after the
+  structural check only. Plain files have no checksum.
 - The expected CRC-32 comes from the listing (``crc32``, sent by this project's server) or,
   when the listing lacks it (the Inductiva API), from ``crc_lookup``: ``archive_crc`` reads it
   from the member's data descriptor or local header, fetching at most a few KiB, only when a
   member was read to its end.
+
+Threads: FUSE's multithreaded loop may call ``read`` on one handle from several threads and
+on many handles at once. Each reader has one condition variable guarding its stream and job;
+the shared state has its own lock; the cache has one lock.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import logging
+import os
 import struct
 import threading
-from typing import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Hashable
+
+from cachetools import LRUCache
 
 from . import codecs, protocol
-from .errors import CorruptArchive, TransferError
+from .blockcache import SNAPSHOT_COST, BlockCache
+from .errors import CorruptArchive
+from .prefetch import DEPTH, ReadAhead, RangeFeed
+
+log = logging.getLogger(__name__)
 
 Fetch = Callable[[int, int], bytes]
 
-MiB = 1 << 20
-_FIRST_REQUEST = 128 * 1024  # one kernel read-ahead unit
-_MAX_REQUEST = 4 * MiB
-_DECODE_STEP = 256 * 1024  # output bound per decoder call (bombs stay bounded)
+KiB, MiB = 1 << 10, 1 << 20
+BLOCK = 1 * MiB  # decoded block of a compressed member
+STORED_BLOCK = 256 * KiB  # block of a stored member or a plain file: a random read fetches one
+INTERVAL = 4 * MiB  # deflate output between two snapshots: at most this is re-inflated
+_INPUT_PIECE = 128 * KiB  # compressed bytes given to the inflater at once (its tail is copied)
 _MAX_IDLE_STEPS = 64
+_JOB_BLOCKS = 8  # blocks one job decodes before it yields its worker (fairness across files)
+_RECENT = 4  # blocks a reader keeps besides the cache: progress even when the cache is tiny
 
 
-def _checked_fetch(fetch: Fetch, start: int, end: int) -> bytes:
-    data = fetch(start, end)
-    if len(data) != end - start:
-        raise TransferError(f"asked for bytes {start}-{end - 1}, got {len(data)} bytes")
-    return data
+class ReadContext:
+    """What all open files of a mount share: the memory budget, thread pools, member states.
 
+    ``cache_size`` bounds decoded blocks, snapshots and read-ahead buffers together.
+    """
 
-class RangeReader:
-    """A plain file: ``read`` = ranged fetches, growing while sequential, last window kept."""
-
-    def __init__(self, fetch: Fetch, size: int, *, window: int = 8 * MiB, name: str = "") -> None:
-        self.size = size
-        self.name = name
-        self._fetch = fetch
-        self._window_max = max(window, _FIRST_REQUEST)
+    def __init__(self, cache_size: int = 256 * MiB, *, read_ahead: int = 16 * MiB,
+                 interval: int = INTERVAL, decode_workers: int = 16,
+                 fetch_workers: int = 16) -> None:
+        self.cache = BlockCache(cache_size)
+        # A sequential reader keeps at most this much decoded ahead of it; with many readers
+        # at once each keeps a fair part of the budget.
+        self.read_ahead = max(BLOCK, min(read_ahead, cache_size // 8))
+        self.interval = max(BLOCK, interval // BLOCK * BLOCK)
+        self.decode_pool, self.fetch_pool = _pools(decode_workers, fetch_workers)
+        self._states: LRUCache = LRUCache(4096)
         self._lock = threading.Lock()
-        self._window = b""
-        self._wstart = 0
-        self._next = -1  # where a sequential read would start
-        self._request = _FIRST_REQUEST
 
-    def read(self, offset: int, length: int) -> bytes:
+    def state(self, key: Hashable | None, make: Callable[[], "_MemberState"]) -> "_MemberState":
+        """The shared state of the member ``key`` (a fresh, unshared one for None)."""
+        if key is None:
+            return make()
         with self._lock:
-            end = min(offset + length, self.size)
-            if offset >= end:
-                return b""
-            wend = self._wstart + len(self._window)
-            if self._wstart <= offset and end <= wend:
-                return self._window[offset - self._wstart:end - self._wstart]
-            if offset == self._next or self._wstart <= offset <= wend:
-                self._request = min(self._request * 2, self._window_max)
-            else:
-                self._request = _FIRST_REQUEST
-            stop = min(self.size, offset + max(end - offset, self._request))
-            self._window = _checked_fetch(self._fetch, offset, stop)
-            self._wstart = offset
-            self._next = end
-            return self._window[:end - offset]
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = make()
+            return state
+
+    def stats(self) -> dict:
+        return self.cache.stats()
 
     def close(self) -> None:
-        with self._lock:
-            self._window = b""
+        """Drop what is cached (the pools are the process's and stay)."""
+        self.cache.clear()
+
+
+_pool_lock = threading.Lock()
+_pool_table: dict[tuple[int, int], tuple[ThreadPoolExecutor, ThreadPoolExecutor]] = {}
+
+
+def _pools(decode_workers: int, fetch_workers: int) -> tuple[ThreadPoolExecutor,
+                                                              ThreadPoolExecutor]:
+    """Thread pools shared by the contexts of a process (threads start when first needed)."""
+    with _pool_lock:
+        key = (decode_workers, fetch_workers)
+        if key not in _pool_table:
+            _pool_table[key] = (ThreadPoolExecutor(decode_workers, "storagefs-decode"),
+                                ThreadPoolExecutor(fetch_workers, "storagefs-fetch"))
+        return _pool_table[key]
+
+
+_default: ReadContext | None = None
+_default_lock = threading.Lock()
+
+
+def default_context() -> ReadContext:
+    """A process-wide context for readers made without one (tests, scripts)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = ReadContext()
+        return _default
+
+
+_tokens = itertools.count(1)
+
+
+class _MemberState:
+    """What every handle of one member shares: snapshots, the running CRC-32, the verdict."""
+
+    def __init__(self, size: int, crc32: int | None,
+                 crc_lookup: Callable[[], int | None] | None, name: str) -> None:
+        self.token = next(_tokens)  # cache keys: a forgotten state's blocks are unreachable
+        self.size = size
+        self.expected_crc = crc32
+        self.crc_lookup = crc_lookup
+        self.name = name
+        self.lock = threading.Lock()
+        self.whole_lock = threading.Lock()
+        self.snapshots: list[int] = []  # output offsets with a snapshot (hints; may be evicted)
+        self.crc_pos = 0
+        self.crc = 0
+        self.verified = False  # CRC-32 (or size, when no CRC is known) checked at the end
+        self.error: CorruptArchive | None = None
+
+    def fail(self, error: CorruptArchive) -> None:
+        if self.error is None:
+            self.error = error
+
+    def advance(self, start: int, block: bytes, cached: Callable[[int], bytes | None]) -> None:
+        """Extend the running CRC-32 with the block at ``start`` if it is the next in order,
+        then with the blocks after it that ``cached(offset)`` still has (FUSE threads may take
+        neighbouring blocks out of order); at the end, compare (CorruptArchive, and the member
+        is bad, on a mismatch)."""
+        with self.lock:
+            while self.crc_pos == start and block:
+                self.crc = codecs.fast_zlib.crc32(block, self.crc)
+                self.crc_pos += len(block)
+                if self.crc_pos >= self.size:
+                    break
+                start = self.crc_pos
+                block = cached(start)
+            if self.crc_pos < self.size or self.verified:
+                return
+            if self.expected_crc is None and self.crc_lookup is not None:
+                self.expected_crc = self.crc_lookup()
+                self.crc_lookup = None
+            if self.expected_crc is not None and self.crc != self.expected_crc:
+                self.fail(CorruptArchive(f"{self.name}: CRC-32 mismatch: got {self.crc:08x}, "
+                                         f"expected {self.expected_crc:08x}"))
+                raise self.error
+            self.verified = True
+
+    def add_snapshot(self, offset: int) -> None:
+        with self.lock:
+            i = bisect.bisect_left(self.snapshots, offset)
+            if i == len(self.snapshots) or self.snapshots[i] != offset:
+                self.snapshots.insert(i, offset)
+
+    def snapshots_before(self, offset: int) -> list[int]:
+        """Snapshot offsets at or before ``offset``, nearest first."""
+        with self.lock:
+            i = bisect.bisect_right(self.snapshots, offset)
+            return self.snapshots[:i][::-1]
+
+    def forget_snapshot(self, offset: int) -> None:
+        with self.lock:
+            i = bisect.bisect_left(self.snapshots, offset)
+            if i < len(self.snapshots) and self.snapshots[i] == offset:
+                del self.snapshots[i]
 
 
 class _Stream:
-    """One decoder run over a member's compressed bytes, from ``start`` onwards."""
+    """One decoder run from ``out_pos`` on, fed by a ``RangeFeed``; owned by one thread at a
+    time (the reader's job, or the reader while no job runs)."""
 
-    def __init__(self, method: int, start: int, check: codecs.Crc32Check | None) -> None:
-        self.decoder = codecs.make_decoder(method)
-        self.check = check  # None when the stream did not start at 0: no CRC possible
-        self.in_pos = start  # compressed bytes consumed (== out_pos for stored members)
-        self.out_pos = start  # decoded bytes produced
-        self.request = _FIRST_REQUEST // 2
-        self.finished = False
+    def __init__(self, decoder: codecs.Decoder | None, out_pos: int, in_pos: int,
+                 feed: RangeFeed) -> None:
+        self.decoder = decoder  # None for stored data
+        self.out_pos = out_pos
+        self.in_given = in_pos  # compressed bytes given to the decoder (member offsets)
+        self.feed = feed
+        self.depth = 0  # read-ahead depth the reader wants; the job applies it
+        self._piece = memoryview(b"")
+        self.hint = 0  # compressed bytes expected for the first request
+
+    def take(self, limit: int) -> memoryview | None:
+        """Up to ``limit`` bytes of compressed input (None at the member's end)."""
+        if not self._piece:
+            data = self.feed.next(self.hint)
+            self.hint = 0
+            if data is None:
+                return None
+            self._piece = memoryview(data)
+        piece, self._piece = self._piece[:limit], self._piece[limit:]
+        self.in_given += len(piece)
+        return piece
+
+    def skip(self, count: int) -> None:
+        """Stored data only: move ``count`` bytes forward without reading them."""
+        held = min(count, len(self._piece))
+        self._piece = self._piece[held:]
+        self.in_given += held
+        self.out_pos += count
+        if count > held:
+            self.feed.skip_to(self.feed.position + count - held)
+            self.in_given += count - held
+
+    def close(self) -> None:
+        self.feed.close()
+        self._piece = memoryview(b"")
 
 
-class MemberReader:
-    """A ZIP member: decoded bytes at any offset, verified at the end (see module notes)."""
+class _BlockReader:
+    """The engine of both readers: blocks, a decode job, read-ahead (see the module notes)."""
 
-    def __init__(self, fetch: Fetch, *, data_start: int, compressed_size: int, size: int,
-                 method: int, crc32: int | None = None,
-                 crc_lookup: Callable[[], int | None] | None = None, name: str = "",
-                 window: int = 8 * MiB) -> None:
-        codecs.make_decoder(method)  # UnsupportedMethod at open, not at the first read
+    def __init__(self, fetch: Fetch, *, size: int, name: str, method: int, data_start: int,
+                 compressed_size: int, crc32: int | None,
+                 crc_lookup: Callable[[], int | None] | None, whole: bool, checked: bool,
+                 context: ReadContext | None, key: Hashable | None) -> None:
         self.size = size
         self.name = name
         self.method = method
         self._fetch = fetch
         self._data_start = data_start
         self._compressed_size = compressed_size
-        self._crc32 = crc32
-        self._crc_lookup = crc_lookup
-        self._window_max = max(window, _FIRST_REQUEST)
-        self._lock = threading.Lock()
+        self._ctx = ctx = context or default_context()
+        self._stored = method == protocol.STORED
+        self._block = STORED_BLOCK if self._stored else BLOCK
+        self._last = (size - 1) // self._block if size > 0 else -1
+        self._whole = whole and size > 0
+        self._checked = checked  # a CRC-32/size verdict exists for this data (not plain files)
+        self._state = ctx.state(key, lambda: _MemberState(size, crc32, crc_lookup, name))
+        self._token = self._state.token
+        self._can_snapshot = not self._stored and codecs.make_decoder(method).can_copy
+        self._ratio = min(1.0, compressed_size / size) if size else 1.0
+        self._ra = ReadAhead(initial=self._block, maximum=ctx.read_ahead)
+        self._cond = threading.Condition(threading.Lock())
         self._stream: _Stream | None = None
-        self._window = bytearray()  # decoded bytes [_wstart, _stream.out_pos)
-        self._wstart = 0
+        self._target = 0  # the job decodes until the stream reaches this output offset
+        self._running = False  # a job is queued or running
+        self._error: BaseException | None = None  # the last job's failure
+        self._errors = 0  # failures so far: waiters raise the one that happened while waiting
+        self._recent: dict[int, bytes] = {}
+        self._cur: tuple[int, bytes] = (-1, b"")
+        self._closed = False
         self.restarts = 0  # streams started, for tests and debugging
 
     # -- the surface ---------------------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes:
-        with self._lock:
-            end = min(offset + length, self.size)
-            if offset >= end:
-                return b""
-            s = self._stream
-            if s is not None and self._wstart <= offset and end <= s.out_pos:
-                return bytes(self._window[offset - self._wstart:end - self._wstart])
-            try:
-                return self._read(offset, end)
-            except BaseException:
-                self._stream = None  # never serve a window of a bad stream
-                self._window = bytearray()
-                raise
+        error = self._state.error
+        if error is not None:
+            raise error
+        end = min(offset + length, self.size)
+        if offset >= end or offset < 0:
+            return b""
+        if self._whole and not self._state.verified:
+            self._check_whole()
+        ahead = self._ra.note(offset, end)
+        size = self._block
+        first, last = offset // size, (end - 1) // size
+        if first == last:
+            block = self._get(first, ahead)
+            start = first * size
+            if offset == start and end - start == len(block):
+                return block
+            return block[offset - start:end - start]
+        parts = []
+        for index in range(first, last + 1):
+            block = self._get(index, ahead)
+            start = index * size
+            parts.append(block[max(offset, start) - start:min(end, start + len(block)) - start])
+        return b"".join(parts)
 
     def close(self) -> None:
-        with self._lock:
-            self._stream, self._window = None, bytearray()
+        with self._cond:
+            self._closed = True
+            self._target = 0
+            if not self._running and self._stream is not None:
+                self._stream.close()
+                self._stream = None
+            self._recent.clear()
+            self._cur = (-1, b"")
 
-    # -- decoding ------------------------------------------------------------------------------
+    # -- blocks --------------------------------------------------------------------------------
 
-    def _read(self, offset: int, end: int) -> bytes:
-        whole = self.size <= self._window_max  # small: decode and check it all first
-        s = self._stream
-        if s is None or offset < self._wstart:
-            s = self._start(offset if self._jumps(whole) else 0)
-        elif self._jumps(whole) and offset > s.out_pos + self._window_max:
-            s = self._start(offset)
-        target = self.size if whole else end
-        idle = 0
-        while s.out_pos < target:
-            out = self._step(s)
-            if out is None:  # compressed data exhausted before the recorded size
-                self._finish(s, offset)
-                break
-            idle = 0 if out else idle + 1
-            if idle > _MAX_IDLE_STEPS:
-                raise CorruptArchive(f"{self.name}: the {s.decoder.name} decoder stopped "
-                                     "producing data")
-            self._keep(out, s, offset)
-        if s.out_pos >= self.size and not s.finished:
-            self._finish(s, offset)
-        if end > s.out_pos:
-            end = s.out_pos
-        return bytes(self._window[offset - self._wstart:end - self._wstart])
+    def _get(self, index: int, ahead: int) -> bytes:
+        cur = self._cur
+        if cur[0] == index:
+            return cur[1]
+        block = self._ctx.cache.get((self._token, index))
+        if block is None:
+            block = self._produce(index, ahead)
+        if self._checked and self._state.crc_pos == index * self._block:
+            self._state.advance(index * self._block, block, self._cached)
+        self._cur = (index, block)
+        if ahead:
+            self._keep_ahead(index, ahead)
+        return block
 
-    def _jumps(self, whole: bool) -> bool:
-        """Whether a stream may start anywhere: stored data maps 1:1, unless checked whole."""
-        return self.method == protocol.STORED and not whole
+    def _cached(self, offset: int) -> bytes | None:
+        """The block at ``offset`` if this reader or the cache has it."""
+        index = offset // self._block
+        block = self._recent.get(index)
+        return block if block is not None else self._ctx.cache.get((self._token, index))
 
-    def _start(self, at: int) -> _Stream:
-        check = codecs.Crc32Check(self._crc32, self.size, self.name) if at == 0 else None
-        s = _Stream(self.method, at, check)
-        self._stream, self._window, self._wstart = s, bytearray(), at
+    def _check_whole(self) -> None:
+        """Small members: decode and check everything before the first byte goes out."""
+        with self._state.whole_lock:
+            for index in range(self._last + 1):
+                if self._state.verified:
+                    return
+                self._get(index, self.size)
+            if self._checked and not self._state.verified and self._state.error is None:
+                # The CRC was extended elsewhere out of order (cannot happen in practice).
+                raise CorruptArchive(f"{self.name}: could not be checked")
+
+    def _produce(self, index: int, ahead: int) -> bytes:
+        """Block ``index`` that is in no cache: wait for the job, starting it if needed."""
+        size = self._block
+        start = index * size
+        want = min(self.size, start + size + ahead)
+        key = (self._token, index)
+        with self._cond:
+            seen = self._errors
+            while True:
+                block = self._recent.get(index)
+                if block is None:
+                    block = self._ctx.cache.get(key)
+                if block is not None:
+                    return block
+                if self._state.error is not None:
+                    raise self._state.error
+                if self._errors != seen:
+                    raise self._error
+                if self._closed:
+                    raise ValueError(f"{self.name}: read after close")
+                s = self._stream
+                if self._running:
+                    if s is not None and s.out_pos <= start and self._reaches(s, start):
+                        self._target = max(self._target, want)
+                    else:
+                        self._target = 0  # a seek: stop at the end of the current block
+                    self._cond.wait()
+                    continue
+                self._stream = s = self._start_for(start, s)
+                s.depth = DEPTH if ahead and want > start + size else 0
+                if not ahead:  # random access: one request for what the decoder will need
+                    s.hint = int((start + size - s.out_pos) * self._ratio * 1.1) + 16 * KiB
+                self._target = want
+                self._running = True
+                self._ctx.decode_pool.submit(self._job)
+                self._cond.wait()
+
+    def _keep_ahead(self, index: int, ahead: int) -> None:
+        """A sequential reader moved to block ``index``: decode ``ahead`` bytes past it."""
+        size = self._block
+        want = min(self.size, (index + 1) * size + ahead)
+        if self._running and want <= self._target:
+            return
+        with self._cond:
+            s = self._stream
+            if s is None or self._closed or s.out_pos >= want:
+                return
+            if s.out_pos + size < index * size:
+                return  # the reader is served from the cache ahead of this stream
+            self._target = max(self._target, want)
+            s.depth = DEPTH
+            if not self._running:
+                self._running = True
+                self._ctx.decode_pool.submit(self._job)
+
+    def _reaches(self, s: _Stream, start: int) -> bool:
+        """Whether stream ``s`` (before ``start``) should go on to ``start`` rather than a new
+        stream begin there."""
+        distance = start - s.out_pos
+        if self._stored:
+            return distance <= 4 * self._block
+        if not self._can_snapshot:
+            return True
+        if distance <= self._ctx.interval:
+            return True
+        nearest = self._state.snapshots_before(start)
+        return not nearest or nearest[0] <= s.out_pos
+
+    def _start_for(self, start: int, current: _Stream | None) -> _Stream:
+        """The stream to decode block-aligned ``start`` from: ``current`` if it is the best
+        place, else one from a snapshot, the block itself (stored) or the member's start."""
+        if current is not None and current.out_pos <= start and self._reaches(current, start):
+            if self._stored and current.out_pos < start:
+                current.skip(start - current.out_pos)
+            return current
+        if current is not None:
+            current.close()
         self.restarts += 1
-        return s
+        if self._stored:
+            return self._new_stream(None, start, start)
+        if self._can_snapshot:
+            cache = self._ctx.cache
+            for offset in self._state.snapshots_before(start):
+                snap = cache.get((self._token, "snap", offset))
+                if snap is None:
+                    self._state.forget_snapshot(offset)
+                    continue
+                decoder, in_pos = snap
+                return self._new_stream(decoder.copy(), offset, in_pos)
+        return self._new_stream(codecs.make_decoder(self.method), 0, 0)
 
-    def _step(self, s: _Stream) -> bytes | None:
-        """One decoder call: new compressed input if it wants some; None when there is none."""
-        if s.decoder.needs_input:
-            left = self._compressed_size - s.in_pos
-            if left <= 0:
-                return None
-            s.request = min(s.request * 2, _MAX_REQUEST)
-            n = min(s.request, left)
-            start = self._data_start + s.in_pos
-            data = _checked_fetch(self._fetch, start, start + n)
-            s.in_pos += n
-            # Stored data cannot expand, so it needs no output bound (and no re-slicing).
-            out = s.decoder.decompress(data, -1 if self.method == protocol.STORED
-                                       else _DECODE_STEP)
+    def _new_stream(self, decoder, out_pos: int, in_pos: int) -> _Stream:
+        ctx = self._ctx
+        feed = RangeFeed(self._fetch, self._data_start + in_pos,
+                         self._data_start + self._compressed_size, pool=ctx.fetch_pool,
+                         budget=ctx.cache)
+        return _Stream(decoder, out_pos, in_pos, feed)
+
+    # -- the job: decoding in a worker -------------------------------------------------------
+
+    def _job(self) -> None:
+        made = 0
+        while True:
+            with self._cond:
+                s = self._stream
+                if s is None or self._closed or s.out_pos >= min(self._target, self.size):
+                    self._running = False
+                    if self._closed and s is not None:
+                        s.close()
+                        self._stream = None
+                    self._cond.notify_all()
+                    return
+                if made >= _JOB_BLOCKS:  # let other files' jobs have this worker
+                    self._ctx.decode_pool.submit(self._job)
+                    return
+                depth = s.depth
+            if s.feed.depth != depth:
+                s.feed.set_depth(depth)
+            index = s.out_pos // self._block
+            try:
+                block = self._decode_block(s)
+                if self._checked and self._state.crc_pos == index * self._block:
+                    # In order from the start: checked here, before anyone can have it.
+                    self._state.advance(index * self._block, block, self._cached)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting readers
+                if isinstance(exc, CorruptArchive):
+                    self._state.fail(exc)
+                with self._cond:
+                    self._error = exc
+                    self._errors += 1
+                    self._stream = None
+                    self._running = False
+                    self._cond.notify_all()
+                s.close()
+                return
+            self._ctx.cache.put((self._token, index), block)
+            with self._cond:
+                self._recent[index] = block
+                if len(self._recent) > _RECENT:
+                    del self._recent[next(iter(self._recent))]
+                self._cond.notify_all()
+            made += 1
+
+    def _decode_block(self, s: _Stream) -> bytes:
+        """The block at ``s.out_pos``: decode it, check the end if it holds it, snapshot."""
+        stop = min(self.size, (s.out_pos // self._block + 1) * self._block)
+        if self._stored:
+            block = self._copy_block(s, stop)
         else:
-            out = s.decoder.decompress(b"", _DECODE_STEP)
-        if s.check is not None:
-            s.check.update(out)
-        elif s.out_pos + len(out) > self.size:
-            raise CorruptArchive(f"{self.name}: member is longer than its recorded size")
-        return out
+            block = self._inflate_block(s, stop)
+        if stop == self.size:
+            self._check_end(s)
+        elif self._can_snapshot and s.out_pos % self._ctx.interval == 0:
+            key = (self._token, "snap", s.out_pos)
+            if key not in self._ctx.cache:
+                decoder, held = s.decoder.checkpoint()
+                if self._ctx.cache.put(key, (decoder, s.in_given - held), SNAPSHOT_COST,
+                                       keep=True):
+                    self._state.add_snapshot(s.out_pos)
+        return block
 
-    def _keep(self, out: bytes, s: _Stream, offset: int) -> None:
-        """Append decoded bytes; drop the front beyond the window, never at or after offset."""
-        if out:
-            self._window += out
-            s.out_pos += len(out)
-        # Half a window behind the reader survives (the kernel reorders read-ahead requests),
-        # and never more than a window in all, plus what one call of the decoder overshoots.
-        keep_from = min(max(0, offset - self._window_max // 2), s.out_pos - self._window_max)
-        if keep_from - self._wstart > self._window_max // 4:  # in batches: copies stay linear
-            del self._window[:keep_from - self._wstart]
-            self._wstart = keep_from
-
-    def _finish(self, s: _Stream, offset: int) -> None:
-        """The end: drain the rest of the input, flush, and check size and CRC-32."""
-        while s.in_pos < self._compressed_size and not s.decoder.eof:
-            out = self._step(s)
-            if out is None:
-                break
-            self._keep(out, s, offset)
-        tail = s.decoder.flush()
-        if s.check is not None:
-            s.check.update(tail)
-        self._keep(tail, s, offset)
-        s.finished = True
-        if s.check is None:
-            if s.out_pos != self.size:
+    def _copy_block(self, s: _Stream, stop: int) -> bytes:
+        parts = []
+        while s.out_pos < stop:
+            piece = s.take(stop - s.out_pos)
+            if piece is None:
                 raise CorruptArchive(f"{self.name}: member has {s.out_pos} bytes, "
                                      f"expected {self.size}")
+            parts.append(piece)
+            s.out_pos += len(piece)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def _inflate_block(self, s: _Stream, stop: int) -> bytes:
+        decoder = s.decoder
+        parts = []
+        idle = 0
+        while s.out_pos < stop:
+            want = stop - s.out_pos
+            if decoder.needs_input:
+                piece = s.take(_INPUT_PIECE)
+                if piece is None:  # no compressed data left before the recorded size
+                    tail = decoder.flush()  # CorruptArchive when the stream is cut short
+                    if len(tail) >= want:
+                        raise CorruptArchive(f"{self.name}: member is longer than its "
+                                             "recorded size")
+                    raise CorruptArchive(f"{self.name}: member has {s.out_pos + len(tail)} "
+                                         f"bytes, expected {self.size}")
+                out = decoder.decompress(piece, want)
+            else:
+                out = decoder.decompress(b"", want)
+                idle = 0 if out else idle + 1
+                if idle > _MAX_IDLE_STEPS:
+                    raise CorruptArchive(f"{self.name}: the {decoder.name} decoder stopped "
+                                         "producing data")
+            if out:
+                parts.append(out)
+                s.out_pos += len(out)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _check_end(self, s: _Stream) -> None:
+        """The decoder produced ``size`` bytes: the data must end here."""
+        if self._stored:
+            if self._compressed_size != self.size:
+                raise CorruptArchive(f"{self.name}: member has {self._compressed_size} bytes, "
+                                     f"expected {self.size}")
             return
-        if s.check.expected_crc is None and self._crc_lookup is not None:
-            s.check.expected_crc = self._crc_lookup()
-        s.check.verify()
+        decoder = s.decoder
+        idle = 0
+        while not decoder.eof:
+            if decoder.needs_input:
+                piece = s.take(_INPUT_PIECE)
+                if piece is None:
+                    break
+                out = decoder.decompress(piece, 1)
+            else:
+                out = decoder.decompress(b"", 1)
+                idle += 1
+                if idle > _MAX_IDLE_STEPS:
+                    break
+            if out:
+                raise CorruptArchive(f"{self.name}: member is longer than its recorded size")
+        if decoder.flush():  # CorruptArchive when the stream is cut short
+            raise CorruptArchive(f"{self.name}: member is longer than its recorded size")
+
+
+class MemberReader(_BlockReader):
+    """A ZIP member: decoded bytes at any offset, verified at the end (see module notes).
+
+    ``key`` names the member for the context (archive path, version, data offset): handles
+    with the same key share blocks, snapshots and the CRC verdict. ``window``: members up to
+    this size are checked whole before their first byte is returned.
+    """
+
+    def __init__(self, fetch: Fetch, *, data_start: int, compressed_size: int, size: int,
+                 method: int, crc32: int | None = None,
+                 crc_lookup: Callable[[], int | None] | None = None, name: str = "",
+                 window: int = 8 * MiB, context: ReadContext | None = None,
+                 key: Hashable | None = None) -> None:
+        codecs.make_decoder(method)  # UnsupportedMethod at open, not at the first read
+        super().__init__(fetch, size=size, name=name, method=method, data_start=data_start,
+                         compressed_size=compressed_size, crc32=crc32, crc_lookup=crc_lookup,
+                         whole=size <= window, checked=True, context=context, key=key)
+
+
+class RangeReader(_BlockReader):
+    """A plain file: 256 KiB blocks fetched with ranged reads, ahead of sequential readers."""
+
+    def __init__(self, fetch: Fetch, size: int, *, window: int = 8 * MiB, name: str = "",
+                 context: ReadContext | None = None, key: Hashable | None = None) -> None:
+        super().__init__(fetch, size=size, name=name, method=protocol.STORED, data_start=0,
+                         compressed_size=size, crc32=None, crc_lookup=None, whole=False,
+                         checked=False, context=context, key=key)
 
 
 # -- the CRC-32 of a member, from the archive itself ------------------------------------------

@@ -42,7 +42,8 @@ from cachetools import LRUCache
 from . import protocol
 from .errors import (CorruptArchive, InvalidRequest, NotFound, PermissionDenied, StorageError,
                      TooLarge)
-from .reader import MemberReader, RangeReader, archive_crc
+from .diskcache import DiskCache
+from .reader import MemberReader, RangeReader, ReadContext, archive_crc
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +249,15 @@ class VFS:
 
     def __init__(self, backend: Backend, *, zip_as_dir: bool = True, window: int = 8 << 20,
                  max_archives: int = 64, negative_ttl: float = 5.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, context: ReadContext | None = None,
+                 disk: DiskCache | None = None) -> None:
         self.backend = backend
         self.negative_ttl = negative_ttl  # a name missing from a listing is trusted this long
         self.zip_as_dir = zip_as_dir
         self.window = window
+        # Block cache, snapshots and pools shared by all open files.
+        self.context = context if context is not None else ReadContext()
+        self.disk = disk  # fetched ranges kept on disk (--cache-dir)
         self.inodes = InodeTable()
         self.started = clock()
         self.root = Entry("/", FOLDER, 0, 0, self.started, 1)
@@ -288,8 +293,12 @@ class VFS:
         if entry.is_dir:
             raise IsADirectory(f"is a folder: {entry.path}")
         fetch = self._fetcher(entry.object_path)
+        identity = (entry.object_path, entry.version)
+        if self.disk is not None:
+            fetch = self.disk.wrap(fetch, identity)
         if entry.kind == FILE:
-            return RangeReader(fetch, entry.size, window=self.window, name=entry.path)
+            return RangeReader(fetch, entry.size, window=self.window, name=entry.path,
+                               context=self.context, key=identity)
         member = entry.member
         assert member is not None
         data_start, compressed, method = self._member_range(entry)
@@ -302,7 +311,8 @@ class VFS:
                 return crc
         return MemberReader(fetch, data_start=data_start, compressed_size=compressed,
                             size=member.size, method=method, crc32=member.crc32,
-                            crc_lookup=crc_lookup, name=entry.path, window=self.window)
+                            crc_lookup=crc_lookup, name=entry.path, window=self.window,
+                            context=self.context, key=(identity, data_start, compressed))
 
     def space_used(self) -> int:
         return self.backend.space_used()

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 from storagefs import protocol
 from storagefs.errors import CorruptArchive, TransferError, UnsupportedMethod
-from storagefs.reader import MemberReader, RangeReader, archive_crc
+from storagefs.reader import MemberReader, RangeReader, ReadContext, archive_crc
 
 from archives import (MissingTool, RawEntry, build_7zz, build_pyzip, build_stream_zip,
                       mixed_bytes, read_local_data_offset, text_bytes, write_raw_zip)
@@ -44,7 +44,7 @@ class Source:
 
 
 def member_of(archive: bytes, name: str, *, with_crc: bool = True, window: int = 1 * MiB,
-              crc: int | None = None, size: int | None = None):
+              crc: int | None = None, size: int | None = None, context=None, key=None):
     """A MemberReader for one member, its Source and its ZipInfo."""
     with zipfile.ZipFile(io.BytesIO(archive)) as zf:
         info = zf.getinfo(name)
@@ -56,7 +56,7 @@ def member_of(archive: bytes, name: str, *, with_crc: bool = True, window: int =
         crc32=(info.CRC if crc is None else crc) if with_crc else None,
         crc_lookup=None if with_crc else (lambda: archive_crc(source, start,
                                                               info.compress_size)),
-        name=name, window=window)
+        name=name, window=window, context=context or ReadContext(64 * MiB), key=key)
     return reader, source, info
 
 
@@ -176,7 +176,12 @@ def test_backward_seek_restarts_and_reordered_reads_hit_the_window(tmp_path):
     assert reader.restarts == 1
     assert reader.read(3 * MiB, 10) == BIG[3 * MiB:3 * MiB + 10]  # ahead: decoded through
     assert reader.restarts == 1
-    assert reader.read(0, 10) == BIG[:10]  # long gone from the window: a new decoder
+    assert reader.read(0, 10) == BIG[:10]  # behind, but its block is cached
+    assert reader.read(3 * MiB, 10) == BIG[3 * MiB:3 * MiB + 10]
+    assert reader.restarts == 1
+    reader._ctx.cache.clear()
+    reader._recent.clear()
+    assert reader.read(0, 10) == BIG[:10]  # gone from the cache: a new decoder
     assert reader.restarts == 2
 
 

@@ -288,8 +288,8 @@ def test_refused_url_is_renewed_once(storage_files):
     assert reader.read(0, 100) == b"some notes\n"
     assert storage.count("url") == 2  # the cached URL was dropped and a new one asked for
     storage.refuse_reads = 2
-    with pytest.raises(PermissionDenied):
-        vfs.open("/task1/notes.txt").read(0, 100)
+    with pytest.raises(PermissionDenied):  # a fresh mount: nothing cached yet
+        VFS(CachedBackend(storage)).open("/task1/notes.txt").read(0, 100)
 
 
 @pytest.mark.parametrize("with_crc", [True, False])

@@ -1,0 +1,193 @@
+"""Read-ahead: how far ahead of a reader to decode, and compressed ranges fetched in advance.
+
+Two small pieces, each with the reasoning for its numbers (mountpoint-s3's ``prefetch.rs`` is
+the model):
+
+``ReadAhead`` watches one open file's reads. A read that starts where the previous ones ended
+(give or take ``tolerance``: FUSE's threads hand over neighbouring kernel read-ahead requests
+out of order) is sequential, and each sequential read doubles the decoded read-ahead window,
+from ``initial`` to ``maximum``. Any other read is a seek: the window drops to 0, so random
+access (a database, a viewer jumping around) decodes only what it asks for. The first read at
+offset 0 counts as sequential: that is how ``cat``, ``cp`` and ``grep`` start. The window is
+in decoded bytes; the reader turns it into a target for its decoder, which runs in a worker
+thread while FUSE hands out what is already decoded.
+
+``RangeFeed`` hands a decoder the compressed bytes ``[start, end)`` of one member in order.
+Without read-ahead (``depth`` 0) each piece is fetched when asked for, sized by a hint (a
+random read knows roughly how much compressed data one interval needs) or growing from 128 KiB
+(one kernel read-ahead unit) by doubling to ``maximum``. With ``depth`` n, up to n ranges are
+in flight on the fetch pool (so on several pooled connections) while the decoder works through
+the previous one: network and CPU overlap. It never asks for a byte at or beyond ``end`` (the
+next member), and bytes already fetched are kept when the decoder skips forward. Buffers in
+flight are counted in the mount's one memory budget (``BlockCache.reserve``); when the budget
+refuses, the feed fetches in the decoder's thread instead of ahead of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import Executor, Future
+from typing import Callable
+
+from .errors import TransferError
+
+Fetch = Callable[[int, int], bytes]
+
+KiB, MiB = 1 << 10, 1 << 20
+FIRST_REQUEST = 128 * KiB  # what the kernel asks for at once without read-ahead
+MAX_REQUEST = 4 * MiB  # per ranged GET: past a few MiB, latency no longer matters
+DEPTH = 3  # ranged GETs in flight ahead of a sequential decoder
+
+
+def checked_fetch(fetch: Fetch, start: int, end: int) -> bytes:
+    """``fetch`` that must return exactly ``end - start`` bytes."""
+    data = fetch(start, end)
+    if len(data) != end - start:
+        raise TransferError(f"asked for bytes {start}-{end - 1}, got {len(data)} bytes")
+    return data
+
+
+class ReadAhead:
+    """Sequential or not, and the decoded read-ahead window that follows (module notes)."""
+
+    def __init__(self, initial: int = 1 * MiB, maximum: int = 16 * MiB,
+                 tolerance: int = 1 * MiB) -> None:
+        self.initial = initial
+        self.maximum = max(initial, maximum)
+        self.tolerance = tolerance
+        self.window = 0
+        self._next = -1  # where the next sequential read starts (-1: nothing read yet)
+
+    def note(self, offset: int, end: int) -> int:
+        """Record a read of ``[offset, end)``; the read-ahead window that follows, in bytes."""
+        if self._next < 0:
+            sequential = offset == 0
+        else:
+            sequential = abs(offset - self._next) <= self.tolerance
+        if sequential:
+            self.window = min(self.maximum, self.window * 2) if self.window else self.initial
+            if end > self._next:
+                self._next = end
+        else:
+            self.window = 0
+            self._next = end
+        return self.window
+
+    @property
+    def sequential(self) -> bool:
+        return self.window > 0
+
+
+class RangeFeed:
+    """Compressed bytes ``[start, end)`` in order, fetched on demand or ahead (module notes).
+
+    One consumer at a time (the decoder that owns it); the fetch pool fills it.
+    """
+
+    def __init__(self, fetch: Fetch, start: int, end: int, *, pool: Executor | None = None,
+                 budget=None, first: int = FIRST_REQUEST, maximum: int = MAX_REQUEST) -> None:
+        self._fetch = fetch
+        self.position = start  # next byte handed to the consumer
+        self.end = end
+        self._pool = pool
+        self._budget = budget
+        self._request = max(1, first) // 2  # doubled before the first request
+        self._maximum = max(first, maximum)
+        self._next = start  # next byte not yet asked for
+        self._ahead: deque[tuple[int, int, Future | bytes, bool]] = deque()  # start, end, data
+        self._lock = threading.Lock()
+        self.depth = 0
+        self.requests = 0  # for tests: ranged fetches made
+        self.fetched = 0
+
+    # -- the consumer's side -----------------------------------------------------------------
+
+    def next(self, hint: int = 0) -> bytes | None:
+        """The next piece (at ``position``), or None at ``end``. ``hint``: compressed bytes the
+        caller expects to need, used to size a request made now."""
+        if self.position >= self.end:
+            return None
+        if not self._ahead:
+            self._ask(hint, wait=True)
+        begin, stop, data, reserved = self._ahead.popleft()
+        if isinstance(data, Future):
+            try:
+                data = data.result()
+            finally:
+                if reserved:
+                    self._budget.release(stop - begin)
+        elif reserved:
+            self._budget.release(stop - begin)
+        self.position = stop
+        self._top_up()
+        return data
+
+    def set_depth(self, depth: int) -> None:
+        """Ranges to keep in flight from now on (0: fetch only when asked)."""
+        self.depth = depth if self._pool is not None else 0
+        self._top_up()
+
+    def skip_to(self, position: int) -> None:
+        """Move forward to ``position`` (within ``[position, end]``), keeping what was fetched
+        beyond it."""
+        if position < self.position:
+            raise ValueError("a feed only moves forward")
+        while self._ahead and self._ahead[0][1] <= position:
+            begin, stop, data, reserved = self._ahead.popleft()
+            if reserved:
+                self._release_when_done(data, stop - begin)
+        if self._ahead and self._ahead[0][0] < position:
+            begin, stop, data, reserved = self._ahead.popleft()
+            if isinstance(data, Future):
+                data = data.result()
+            if reserved:
+                self._budget.release(stop - begin)
+            self._ahead.appendleft((position, stop, data[position - begin:], False))
+        self.position = position
+        self._next = max(self._next, position)
+
+    def close(self) -> None:
+        """Forget what is in flight (its budget is given back as each request ends)."""
+        while self._ahead:
+            begin, stop, data, reserved = self._ahead.popleft()
+            if isinstance(data, Future):
+                data.cancel()
+            if reserved:
+                self._release_when_done(data, stop - begin)
+        self.position = self._next = self.end
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def _size(self, hint: int) -> int:
+        self._request = min(self._request * 2, self._maximum)
+        return max(self._request, min(hint, self._maximum))
+
+    def _ask(self, hint: int, wait: bool) -> None:
+        """One more range at ``_next``: fetched now (``wait``) or on the pool."""
+        begin = self._next
+        stop = min(self.end, begin + self._size(hint))
+        if stop <= begin:
+            return
+        self._next = stop
+        self.requests += 1
+        self.fetched += stop - begin
+        if wait:
+            self._ahead.append((begin, stop, checked_fetch(self._fetch, begin, stop), False))
+            return
+        reserved = self._budget is not None and self._budget.reserve(stop - begin)
+        future = self._pool.submit(checked_fetch, self._fetch, begin, stop)
+        self._ahead.append((begin, stop, future, reserved))
+
+    def _top_up(self) -> None:
+        while self.depth and len(self._ahead) < self.depth and self._next < self.end:
+            if self._budget is not None and self._budget.reserved + self._request * 2 > \
+                    self._budget.capacity // 2:
+                break  # the budget is taken by other read-aheads: fetch when asked instead
+            self._ask(0, wait=False)
+
+    def _release_when_done(self, data, size: int) -> None:
+        if isinstance(data, Future):
+            data.add_done_callback(lambda _: self._budget.release(size))
+        else:
+            self._budget.release(size)
