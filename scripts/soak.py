@@ -42,6 +42,14 @@ API_KEY = "soak-key.1"
 # HTTP pool keeps connections open).
 THREAD_SLACK = 10
 FD_SLACK = 20
+RSS_OVERHEAD_MIB = 320
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1] if text and text[-1] in units else ""
+    return int(float(text[:len(text) - len(unit)]) * units[unit])
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -337,13 +345,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument("--readers", type=int, default=32, help="concurrent readers (32)")
-    parser.add_argument("--cache-size", default="64M", help="the mount's --cache-size (64M)")
-    parser.add_argument("--rss-budget", type=int, default=512, metavar="MIB",
-                        help="peak RSS allowed to the mount, MiB (default 512)")
+    parser.add_argument("--cache-size", default="16M",
+                        help="the mount's --cache-size (16M: less than the data, so blocks are "
+                             "evicted and fetched again)")
+    parser.add_argument("--rss-budget", type=int, metavar="MIB",
+                        help="peak RSS allowed to the mount, MiB (default: the cache size plus "
+                             f"{RSS_OVERHEAD_MIB} for the interpreter, threads and transfers)")
     parser.add_argument("--scale", type=float, default=1.0, help="size of the larger files")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     args = parser.parse_args(argv)
+    if args.rss_budget is None:
+        args.rss_budget = (_size(args.cache_size) >> 20) + RSS_OVERHEAD_MIB
     figures = soak(args)
     for key, value in figures.items():
         if key != "problems":

@@ -401,3 +401,39 @@ def test_server_killed_mid_read_and_restarted(setup, tmp_path, figures):
         server.stop()
     assert_clean_log(log)
     figures["server kills survived (mount)"] += 1
+
+
+def test_urls_expiring_during_reads_are_renewed(tmp_path, figures):
+    """Signed URLs that live 2 s: reads of one archive spread over 5 s, and one slow reader,
+    all exact, with the URL asked for again as it expires."""
+    require_fuse()
+    root = tmp_path / "root"
+    members = {f"m{i}.bin": mixed_bytes(80 + i, 700_000) for i in range(6)}
+    archive, _ = build_pyzip(tmp_path, members, "deflate", name="a.zip")
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "a.zip").write_bytes(archive.read_bytes())
+    slow = mixed_bytes(90, 4 * MiB)
+    (root / "d" / "slow.bin").write_bytes(slow)
+    server = start_server(root, tmp_path, "--url-ttl", "2")
+    config = tmp_path / "storagefs.ini"
+    config.write_text(CONFIG)
+    mountpoint, log = tmp_path / "mnt", tmp_path / "mount.log"
+    try:
+        with mounted(server.url, server.api_key, mountpoint, log, config):
+            for name, data in members.items():
+                assert read(mountpoint / "d" / "a.zip" / name) == data
+                time.sleep(0.8)
+            got = bytearray()
+            with open(mountpoint / "d" / "slow.bin", "rb") as handle:
+                while chunk := handle.read(256 * 1024):
+                    got += chunk
+                    time.sleep(0.15)
+            assert bytes(got) == slow
+        issued = sum(v for k, v in server.metrics().items()
+                     if k.startswith("storagefs_requests_total") and "signed-urls" in k)
+    finally:
+        server.stop()
+    assert_clean_log(log)
+    assert issued >= 3, f"only {issued} signed URLs asked for in more than 5 s of 2-s URLs"
+    figures["signed URLs renewed during reads (mount)"] += int(issued) - 2
+    figures["bytes verified (mount)"] += sum(map(len, members.values())) + len(slow)

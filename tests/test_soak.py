@@ -27,3 +27,4 @@ def test_soak_32_readers_nothing_lost(tmp_path, figures):
         found["whole_files_verified"] + found["ranges_verified"])
     figures["soak (10 s, 32 readers): mismatches + errors"] += found["mismatches"] + found["errors"]
     figures["soak (10 s, 32 readers): mount peak RSS (MiB)"] = found["peak_rss_bytes"] >> 20
+    figures["soak (10 s, 32 readers): mount RSS budget (MiB)"] = found["rss_budget_bytes"] >> 20
