@@ -132,11 +132,14 @@ class BlockCache:
                     "kept_bytes": self._kept_used, "hits": self.hits, "misses": self.misses,
                     "evictions": self.evictions, "peak": self.peak}
 
-    def clear(self) -> None:
+    def clear(self, kept: bool = True) -> None:
+        """Drop every entry (``kept=False``: only the ordinary ones, not the kept ones)."""
         with self._lock:
             self._entries.clear()
-            self._kept.clear()
-            self._used = self._kept_used = 0
+            self._used = self._kept_used
+            if kept:
+                self._kept.clear()
+                self._used = self._kept_used = 0
 
     def _evict(self) -> None:
         """Drop least recently used entries until entries + reservations fit (lock held):

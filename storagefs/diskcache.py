@@ -5,10 +5,11 @@ that answers from disk what it can and asks ``fetch`` only for the rest. ``ident
 version of one object: (storage path, size, modification time or ETag). A replaced archive
 has another identity, so it never serves stale bytes; the old version's files age out.
 
-Layout: ``<dir>/<hash of identity>/<granule>``. The object is cut in *granules* of 1 MiB at
-fixed offsets; each file holds one contiguous part ``[lo, hi)`` of its granule (whatever
+Layout: ``<dir>/<hash of identity>/<granule>-<lo>``. The object is cut in *granules* of 1 MiB
+at fixed offsets; each file holds one contiguous part ``[lo, hi)`` of its granule (whatever
 reads have covered: the edges of a member are partial granules, so nothing is fetched beyond
-what readers asked for), behind a header with the part's bounds and its CRC-32::
+what readers asked for; parts that touch are joined into one file), behind a header with the
+part's bounds and its CRC-32::
 
     b"SFDC" | version u8 | pad 3 | lo u32 | hi u32 | crc32 u32 | data[hi - lo]
 
@@ -58,7 +59,8 @@ class DiskCache:
         self.granule = granule
         self._clock = clock
         self._lock = threading.Lock()
-        self._files: OrderedDict[str, list] = OrderedDict()  # path -> [size, last touch]
+        self._files: OrderedDict[str, list] = OrderedDict()  # path -> [size, touched, key]
+        self._parts: dict[tuple[str, int], list] = {}  # (folder, granule) -> [(lo, hi, path)]
         self._total = 0
         self.hits = 0  # bytes served from disk
         self.misses = 0  # bytes fetched
@@ -112,10 +114,7 @@ class DiskCache:
             i = j
         return out[0] if len(out) == 1 else b"".join(out)
 
-    # -- granule files --------------------------------------------------------------------
-
-    def _path(self, folder: Path, index: int) -> Path:
-        return folder / str(index)
+    # -- granule parts ----------------------------------------------------------------------
 
     def _parse(self, raw: bytes) -> tuple[int, int, bytes] | None:
         if len(raw) < _HEADER.size:
@@ -127,59 +126,70 @@ class DiskCache:
             return None
         return lo, hi, data
 
-    def _open(self, path: Path) -> tuple[int, int, bytes] | None:
+    def _open(self, path: str, lo: int, hi: int) -> bytes | None:
+        """The part's bytes, or None (a damaged file is deleted and forgotten)."""
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                raw = f.read()
         except OSError:
+            self._forget(path)
             return None
         part = self._parse(raw)
-        if part is None:
+        if part is None or part[:2] != (lo, hi):
             self.corrupt += 1
             log.warning("cache file %s is damaged; fetching its range again", path)
-            self._remove(path)
-        return part
+            self._remove(Path(path))
+            return None
+        return part[2]
 
     def _load(self, folder: Path, index: int, lo: int, hi: int) -> bytes | None:
         """Bytes ``[lo, hi)`` (object offsets, within granule ``index``) if cached."""
-        path = self._path(folder, index)
-        key = str(path)
-        with self._lock:
-            known = key in self._files
-        if not known and not path.exists():
-            return None
-        part = self._open(path)
-        if part is None:
-            return None
         base = index * self.granule
-        have_lo, have_hi, data = base + part[0], base + part[1], part[2]
-        if not (have_lo <= lo and hi <= have_hi):
+        a, b = lo - base, hi - base
+        with self._lock:
+            found = next(((p_lo, p_hi, path) for p_lo, p_hi, path
+                          in self._parts.get((str(folder), index), ())
+                          if p_lo <= a and b <= p_hi), None)
+        if found is None:
             return None
-        self.hits += hi - lo
-        self._used(key, len(data) + _HEADER.size, path)
-        return data[lo - have_lo:hi - have_lo]
+        p_lo, p_hi, path = found
+        data = self._open(path, p_lo, p_hi)
+        if data is None:
+            return None
+        self.hits += b - a
+        self._used(path, Path(path))
+        return data[a - p_lo:b - p_lo]
 
     def _store(self, folder: Path, index: int, lo: int, data: bytes) -> None:
-        """Keep ``data`` at object offset ``lo`` in granule ``index``, joined with what the
-        file holds when the two touch or overlap."""
+        """Keep ``data`` at object offset ``lo`` in granule ``index``, as one part with the
+        parts it touches or overlaps (theirs are then deleted)."""
         if self.limit <= 0:
             return
         base = index * self.granule
         a, b = lo - base, lo - base + len(data)
-        path = self._path(folder, index)
-        old = self._open(path) if path.exists() else None
-        if old is not None:
-            o_lo, o_hi, o_data = old
-            if o_lo <= a and b <= o_hi:
+        key = (str(folder), index)
+        with self._lock:
+            parts = list(self._parts.get(key, ()))
+        joined = []
+        for p_lo, p_hi, path in parts:
+            if p_lo <= a and b <= p_hi:
                 return  # nothing new
-            if o_lo <= b and a <= o_hi:  # touching or overlapping: one part
-                n_lo, n_hi = min(a, o_lo), max(b, o_hi)
-                merged = bytearray(n_hi - n_lo)
-                merged[o_lo - n_lo:o_hi - n_lo] = o_data
-                merged[a - n_lo:b - n_lo] = data
-                a, b, data = n_lo, n_hi, bytes(merged)
+            if p_lo <= b and a <= p_hi:
+                old = self._open(path, p_lo, p_hi)
+                if old is not None:
+                    joined.append((p_lo, p_hi, path, old))
+        if joined:
+            n_lo = min([a] + [j[0] for j in joined])
+            n_hi = max([b] + [j[1] for j in joined])
+            merged = bytearray(n_hi - n_lo)
+            for p_lo, p_hi, _, old in joined:
+                merged[p_lo - n_lo:p_hi - n_lo] = old
+            merged[a - n_lo:b - n_lo] = data
+            a, b, data = n_lo, n_hi, bytes(merged)
+        path = folder / f"{index}-{a}"
+        tmp = folder / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
             with open(tmp, "wb") as f:
                 f.write(_HEADER.pack(_MAGIC, _VERSION, a, b, zlib.crc32(data)))
                 f.write(data)
@@ -188,10 +198,13 @@ class DiskCache:
             log.warning("cannot write to the cache folder %s: %s", self.root, exc)
             try:
                 tmp.unlink()
-            except (OSError, UnboundLocalError):
+            except OSError:
                 pass
             return
-        self._used(str(path), len(data) + _HEADER.size, None)
+        for _, _, old_path, _ in joined:
+            if old_path != str(path):
+                self._remove(Path(old_path))
+        self._add(str(path), key, a, b, len(data) + _HEADER.size, self._clock())
         self._evict()
 
     # -- bookkeeping ----------------------------------------------------------------------
@@ -208,44 +221,63 @@ class DiskCache:
                     except OSError:
                         pass
                     continue
+                index, _, lo = entry.name.partition("-")
                 try:
                     st = entry.stat()
-                except OSError:
+                    index_n, lo_n = int(index), int(lo)
+                except (OSError, ValueError):
                     continue
-                found.append((st.st_mtime, entry.path, st.st_size))
+                hi_n = lo_n + st.st_size - _HEADER.size  # checked against the header on use
+                found.append((st.st_mtime, entry.path, (str(folder), index_n), lo_n, hi_n,
+                              st.st_size))
         found.sort()
-        with self._lock:
-            for mtime, path, size in found:
-                self._files[path] = [size, mtime]
-                self._total += size
+        for mtime, path, key, lo, hi, size in found:
+            self._add(path, key, lo, hi, size, mtime)
         self._evict()
 
-    def _used(self, key: str, size: int, path: Path | None) -> None:
+    def _add(self, path: str, key: tuple, lo: int, hi: int, size: int, when: float) -> None:
+        with self._lock:
+            old = self._files.pop(path, None)
+            if old is not None:
+                self._total -= old[0]
+                self._parts[old[2]] = [p for p in self._parts.get(old[2], ()) if p[2] != path]
+            self._files[path] = [size, when, key]
+            self._total += size
+            self._parts.setdefault(key, []).append((lo, hi, path))
+
+    def _used(self, key: str, path: Path) -> None:
         now = self._clock()
         touch = False
         with self._lock:
             item = self._files.get(key)
             if item is None:
-                self._files[key] = [size, now]
-                self._total += size
-            else:
-                self._total += size - item[0]
-                item[0] = size
-                if path is not None and now - item[1] > _TOUCH_EVERY:
-                    item[1] = now
-                    touch = True
-                self._files.move_to_end(key)
+                return
+            if now - item[1] > _TOUCH_EVERY:
+                item[1] = now
+                touch = True
+            self._files.move_to_end(key)
         if touch:
             try:
                 os.utime(path)
             except OSError:
                 pass
 
-    def _remove(self, path: Path) -> None:
+    def _forget(self, path: str) -> None:
         with self._lock:
-            item = self._files.pop(str(path), None)
-            if item is not None:
-                self._total -= item[0]
+            self._forget_locked(path)
+
+    def _forget_locked(self, path: str) -> None:
+        item = self._files.pop(path, None)
+        if item is not None:
+            self._total -= item[0]
+            parts = [p for p in self._parts.get(item[2], ()) if p[2] != path]
+            if parts:
+                self._parts[item[2]] = parts
+            else:
+                self._parts.pop(item[2], None)
+
+    def _remove(self, path: Path) -> None:
+        self._forget(str(path))
         try:
             path.unlink()
         except OSError:
@@ -255,13 +287,13 @@ class DiskCache:
         victims = []
         with self._lock:
             while self._files and self._total > self.limit:
-                key, (size, _) = self._files.popitem(last=False)
-                self._total -= size
-                victims.append(key)
+                path = next(iter(self._files))
+                victims.append(path)
                 self.evicted += 1
-        for key in victims:
+                self._forget_locked(path)
+        for path in victims:
             try:
-                os.unlink(key)
+                os.unlink(path)
             except OSError:
                 pass
 

@@ -84,7 +84,9 @@ KiB, MiB = 1 << 10, 1 << 20
 BLOCK = 1 * MiB  # decoded block of a compressed member
 STORED_BLOCK = 256 * KiB  # block of a stored member or a plain file: a random read fetches one
 INTERVAL = 4 * MiB  # deflate output between two snapshots: at most this is re-inflated
-_INPUT_PIECE = 128 * KiB  # compressed bytes given to the inflater at once (its tail is copied)
+# Compressed bytes given to the inflater at once: enough for several blocks, so a block comes
+# out of one call (no join); what it does not consume is copied back each call, so not more.
+_INPUT_PIECE = 1 * MiB
 _MAX_IDLE_STEPS = 64
 _JOB_BLOCKS = 8  # blocks one job decodes before it yields its worker (fairness across files)
 _RECENT = 4  # blocks a reader keeps besides the cache: progress even when the cache is tiny
@@ -294,9 +296,11 @@ class _BlockReader:
         self._error: BaseException | None = None  # the last job's failure
         self._errors = 0  # failures so far: waiters raise the one that happened while waiting
         self._recent: dict[int, bytes] = {}
+        self._waiting = 0  # readers waiting for the job
         self._cur: tuple[int, bytes] = (-1, b"")
         self._closed = False
         self.restarts = 0  # streams started, for tests and debugging
+        self.decoded = 0  # bytes decoded (or copied, stored data) by this reader's jobs
 
     # -- the surface ---------------------------------------------------------------------------
 
@@ -394,7 +398,7 @@ class _BlockReader:
                         self._target = max(self._target, want)
                     else:
                         self._target = 0  # a seek: stop at the end of the current block
-                    self._cond.wait()
+                    self._wait()
                     continue
                 self._stream = s = self._start_for(start, s)
                 s.depth = DEPTH if ahead and want > start + size else 0
@@ -403,7 +407,15 @@ class _BlockReader:
                 self._target = want
                 self._running = True
                 self._ctx.decode_pool.submit(self._job)
-                self._cond.wait()
+                self._wait()
+
+    def _wait(self) -> None:
+        """Wait (lock held) for the job to make a block or stop."""
+        self._waiting += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._waiting -= 1
 
     def _keep_ahead(self, index: int, ahead: int) -> None:
         """A sequential reader moved to block ``index``: decode ``ahead`` bytes past it."""
@@ -429,12 +441,15 @@ class _BlockReader:
         distance = start - s.out_pos
         if self._stored:
             return distance <= 4 * self._block
-        if not self._can_snapshot:
+        if not self._can_snapshot or distance <= self._block:
             return True
-        if distance <= self._ctx.interval:
-            return True
-        nearest = self._state.snapshots_before(start)
-        return not nearest or nearest[0] <= s.out_pos
+        cache = self._ctx.cache
+        for offset in self._state.snapshots_before(start):  # nearest first
+            if offset <= s.out_pos:
+                return True
+            if (self._token, "snap", offset) in cache:
+                return False  # a snapshot closer than the stream
+        return True
 
     def _start_for(self, start: int, current: _Stream | None) -> _Stream:
         """The stream to decode block-aligned ``start`` from: ``current`` if it is the best
@@ -508,7 +523,8 @@ class _BlockReader:
                 self._recent[index] = block
                 if len(self._recent) > _RECENT:
                     del self._recent[next(iter(self._recent))]
-                self._cond.notify_all()
+                if self._waiting:
+                    self._cond.notify_all()
             made += 1
 
     def _decode_block(self, s: _Stream) -> bytes:
@@ -518,6 +534,7 @@ class _BlockReader:
             block = self._copy_block(s, stop)
         else:
             block = self._inflate_block(s, stop)
+        self.decoded += len(block)
         if stop == self.size:
             self._check_end(s)
         elif self._can_snapshot and s.out_pos % self._ctx.interval == 0:

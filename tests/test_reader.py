@@ -8,12 +8,15 @@ import struct
 import threading
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from storagefs import protocol
+from storagefs.blockcache import BlockCache
 from storagefs.errors import CorruptArchive, TransferError, UnsupportedMethod
+from storagefs.prefetch import RangeFeed, ReadAhead
 from storagefs.reader import MemberReader, RangeReader, ReadContext, archive_crc
 
 from archives import (MissingTool, RawEntry, build_7zz, build_pyzip, build_stream_zip,
@@ -312,3 +315,213 @@ def test_decompression_bomb_is_bounded():
                           method=8, crc32=None, name="bomb", window=1 * MiB)
     with pytest.raises(CorruptArchive, match="longer than"):
         reader.read(0, 4096)
+
+
+# -- random access: snapshots ------------------------------------------------------------------
+
+HUGE = text_bytes(13, 9 * MiB + 4321)  # several snapshot intervals of the context below
+
+
+@pytest.fixture(scope="module")
+def huge_archive(tmp_path_factory) -> bytes:
+    return pyzip(tmp_path_factory.mktemp("huge"), "deflate", {"huge.txt": HUGE,
+                                                              "after.txt": SMALL})
+
+
+def test_snapshots_bound_what_a_random_read_inflates(huge_archive):
+    context = ReadContext(64 * MiB, interval=1 * MiB)
+    reader, source, _ = member_of(huge_archive, "huge.txt", window=256 * KiB, context=context)
+    assert read_all(reader, len(HUGE)) == HUGE  # one pass leaves a snapshot every MiB
+    assert context.cache.stats()["kept"] == len(HUGE) // MiB
+    rng = random.Random(5)
+    end = len(HUGE)
+    for _ in range(40):
+        context.cache.clear(kept=False)  # blocks gone, snapshots kept
+        reader._recent.clear()
+        reader._cur = (-1, b"")
+        offset = end
+        while abs(offset - end) < 2 * MiB:  # random, not sequential: no read-ahead
+            offset = rng.randrange(len(HUGE))
+        length = rng.choice([1, 4096, 65536])
+        before = reader.decoded
+        assert reader.read(offset, length) == HUGE[offset:offset + length]
+        # From the snapshot before the block to the end of the block: one interval at most
+        # (two blocks when the read straddles a block boundary).
+        assert reader.decoded - before <= 1 * MiB + (MiB if length > 1 else 0)
+        end = offset + length
+
+
+def test_random_reads_without_a_pass_make_snapshots_as_they_go(huge_archive):
+    context = ReadContext(64 * MiB, interval=1 * MiB)
+    reader, source, _ = member_of(huge_archive, "huge.txt", window=256 * KiB, context=context)
+    rng = random.Random(8)
+    for _ in range(60):
+        offset = rng.randrange(len(HUGE))
+        assert reader.read(offset, 5000) == HUGE[offset:offset + 5000]
+    # Never more than a pass, plus an interval per read that went backwards.
+    assert reader.decoded <= len(HUGE) + 60 * MiB
+    assert reader.read(len(HUGE) - 10, 100) == HUGE[-10:]
+
+
+def test_random_reads_fetch_about_what_they_inflate(huge_archive):
+    context = ReadContext(64 * MiB, interval=1 * MiB)
+    reader, source, info = member_of(huge_archive, "huge.txt", window=256 * KiB,
+                                     context=context)
+    read_all(reader, len(HUGE))
+    context.cache.clear(kept=False)
+    reader._recent.clear()
+    source.calls.clear()
+    offset = 5 * MiB + 12345
+    assert reader.read(offset, 4096) == HUGE[offset:offset + 4096]
+    ratio = info.compress_size / len(HUGE)
+    assert len(source.calls) == 1, "one request sized for the interval"
+    assert source.fetched <= 1.2 * MiB * ratio + 64 * KiB
+
+
+def test_shared_state_across_handles(huge_archive):
+    context = ReadContext(64 * MiB, interval=1 * MiB)
+    first, source, _ = member_of(huge_archive, "huge.txt", context=context, key="m")
+    read_all(first, len(HUGE))
+    fetched = source.fetched
+    second, _, _ = member_of(huge_archive, "huge.txt", context=context, key="m")
+    second._fetch = source
+    offset = len(HUGE) - 3 * MiB
+    assert second.read(offset, 4096) == HUGE[offset:offset + 4096]  # a block still cached
+    assert source.fetched == fetched and second.decoded == 0
+
+
+@pytest.mark.parametrize("method", ["bzip2", "deflate64", "zstd"])
+def test_methods_without_snapshots_restart_and_cache_blocks(tmp_path, method):
+    archive = archive_for(tmp_path, method, {"big.bin": BIG})
+    reader, _, _ = member_of(archive, "big.bin", window=256 * KiB)
+    assert reader.read(2 * MiB, 100) == BIG[2 * MiB:2 * MiB + 100]
+    assert reader.restarts == 1
+    assert reader.read(1 * MiB, 100) == BIG[1 * MiB:1 * MiB + 100]  # behind, but cached
+    assert reader.restarts == 1
+    reader._ctx.cache.clear()
+    reader._recent.clear()
+    reader._cur = (-1, b"")
+    assert reader.read(1 * MiB + 5, 100) == BIG[1 * MiB + 5:1 * MiB + 105]  # from the start
+    assert reader.restarts == 2
+
+
+def test_crc_checked_whatever_order_blocks_are_read(tmp_path):
+    archive = pyzip(tmp_path, "deflate", {"big.bin": BIG})
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        good = zf.getinfo("big.bin").CRC
+    reader, _, _ = member_of(archive, "big.bin", crc=good ^ 1, window=256 * KiB)
+    blocks = list(range(0, len(BIG), 1 * MiB))
+    random.Random(2).shuffle(blocks)
+    with pytest.raises(CorruptArchive, match="CRC-32"):
+        for offset in blocks:
+            assert reader.read(offset, 1 * MiB) == BIG[offset:offset + MiB]
+    with pytest.raises(CorruptArchive):  # and every read after that, of any block
+        reader.read(0, 10)
+
+
+def test_crc_of_a_shared_member_holds_for_every_handle(tmp_path):
+    archive = pyzip(tmp_path, "deflate", {"big.bin": BIG})
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        good = zf.getinfo("big.bin").CRC
+    context = ReadContext(64 * MiB)
+    first, _, _ = member_of(archive, "big.bin", crc=good ^ 1, window=256 * KiB,
+                            context=context, key="k")
+    with pytest.raises(CorruptArchive):
+        read_all(first, len(BIG))
+    second, _, _ = member_of(archive, "big.bin", crc=good ^ 1, window=256 * KiB,
+                             context=context, key="k")
+    with pytest.raises(CorruptArchive):
+        second.read(0, 10)  # its blocks are cached, but the member is known bad
+
+
+# -- read-ahead --------------------------------------------------------------------------------
+
+
+def test_read_ahead_window_grows_and_stops_on_seek():
+    ahead = ReadAhead(initial=1 * MiB, maximum=8 * MiB, tolerance=256 * KiB)
+    step = 128 * KiB
+    windows = [ahead.note(i * step, (i + 1) * step) for i in range(6)]
+    assert windows == [1 * MiB, 2 * MiB, 4 * MiB, 8 * MiB, 8 * MiB, 8 * MiB]
+    assert ahead.note(7 * step, 8 * step) == 8 * MiB  # the kernel reordered: still sequential
+    assert ahead.note(6 * step, 7 * step) == 8 * MiB
+    assert ahead.note(100 * MiB, 100 * MiB + step) == 0  # a seek stops it
+    assert ahead.note(100 * MiB + step, 100 * MiB + 2 * step) == 1 * MiB  # and it starts over
+    fresh = ReadAhead()
+    assert fresh.note(5 * MiB, 5 * MiB + step) == 0  # a first read elsewhere than 0 is random
+
+
+def test_range_feed_fetches_ahead_in_growing_ranges_never_past_its_end():
+    data = bytes(range(256)) * 40_000  # ~10 MB
+    source = Source(data)
+    pool = ThreadPoolExecutor(4)
+    budget = BlockCache(64 * MiB)
+    feed = RangeFeed(source, 1000, 9_000_000, pool=pool, budget=budget)
+    feed.set_depth(3)
+    got = bytearray()
+    while (piece := feed.next()) is not None:
+        got += piece
+    assert bytes(got) == data[1000:9_000_000]
+    sizes = [end - start for start, end in sorted(source.calls)]
+    assert sizes[:4] == [128 * KiB, 256 * KiB, 512 * KiB, 1 * MiB]
+    assert max(sizes) <= 4 * MiB
+    assert max(end for _, end in source.calls) == 9_000_000
+    assert budget.reserved == 0, "every buffer in flight was given back"
+    pool.shutdown()
+
+
+def test_range_feed_skip_keeps_what_was_fetched():
+    data = bytes(range(256)) * 4000
+    source = Source(data)
+    pool = ThreadPoolExecutor(2)
+    feed = RangeFeed(source, 0, len(data), first=64 * KiB, pool=pool)
+    assert feed.next() == data[:64 * KiB]
+    feed.set_depth(1)  # the next 128 KiB are fetched ahead
+    feed.skip_to(150 * KiB)
+    assert feed.next() == data[150 * KiB:192 * KiB]
+    assert len(source.calls) == 2, "the skipped-to bytes came from what was fetched"
+    feed.set_depth(0)
+    feed.skip_to(600 * KiB)  # past everything fetched: the next request starts there
+    got = feed.next(hint=300 * KiB)
+    assert len(got) >= 300 * KiB and got == data[600 * KiB:600 * KiB + len(got)]
+    assert source.calls[-1][0] == 600 * KiB
+    pool.shutdown()
+
+
+def test_sequential_reading_fetches_the_member_once_and_nothing_after_it(huge_archive):
+    reader, source, info = member_of(huge_archive, "huge.txt", window=256 * KiB)
+    start = read_local_data_offset(io.BytesIO(huge_archive), info.header_offset)
+    assert read_all(reader, len(HUGE)) == HUGE
+    end = start + info.compress_size
+    assert all(start <= a and b <= end for a, b in source.calls), "nothing outside the member"
+    assert source.fetched == info.compress_size, "every compressed byte fetched once"
+    assert len(source.calls) <= 8
+    assert reader.restarts == 1
+
+
+def test_small_member_is_one_request_of_its_own_bytes(huge_archive):
+    reader, source, info = member_of(huge_archive, "after.txt")
+    assert read_all(reader, len(SMALL)) == SMALL
+    assert len(source.calls) == 1 and source.fetched == info.compress_size
+
+
+def test_memory_stays_in_the_budget_with_many_readers(tmp_path):
+    files = {f"m{i}.txt": text_bytes(40 + i, 3 * MiB) for i in range(6)}
+    archive = pyzip(tmp_path, "deflate", files)
+    context = ReadContext(4 * MiB)
+    readers = [member_of(archive, name, window=256 * KiB, context=context)[0] for name in files]
+    errors: list[BaseException] = []
+
+    def cat(reader, want) -> None:
+        try:
+            assert read_all(reader, len(want)) == want
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=cat, args=(r, files[n])) for r, n in zip(readers, files)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    stats = context.cache.stats()
+    assert stats["peak"] <= 4 * MiB and stats["used"] <= 4 * MiB
