@@ -35,6 +35,8 @@ Decisions on names (the server returns names; the mount sanitizes what it shows)
 from __future__ import annotations
 
 import datetime as _dt
+import io
+import mmap
 import os
 import pathlib
 import stat as _stat
@@ -159,12 +161,14 @@ class ZipIndex:
             self._unlisted[member.name] = member
             return
         is_dir = member.name.endswith("/")
-        parent = ""
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            name = parent + part + ("/" if is_dir or not last else "")
-            self._place(parent, name, member if last else None)
-            parent = name
+        parent = "/".join(parts[:-1]) + "/" if len(parts) > 1 else ""
+        if parent not in self._children:  # a folder not seen yet: place each level above
+            parent = ""
+            for part in parts[:-1]:
+                name = parent + part + "/"
+                self._place(parent, name, None)
+                parent = name
+        self._place(parent, parent + parts[-1] + ("/" if is_dir else ""), member)
 
     def _place(self, parent: str, name: str, member: Member | None) -> None:
         """Insert a name once; a real entry replaces an implied one or an earlier duplicate."""
@@ -373,9 +377,15 @@ def _parse_header(data: bytes, pos: int, shift: int, size: int) -> tuple[Member,
     if next_pos > len(data):
         raise CorruptArchive(f"central directory entry at {pos} runs past the directory's end")
     raw_name = data[name_start:extra_start]
-    extra = _extra_fields(data[extra_start:extra_start + extra_len])
-    usize, csize, offset = _zip64_values(extra.get(_ZIP64_EXTRA), usize, csize, offset, raw_name)
-    name = _decode_name(raw_name, flags, made_by >> 8, extra.get(_UNICODE_PATH_EXTRA))
+    extra = _extra_fields(data[extra_start:extra_start + extra_len]) if extra_len else {}
+    if usize == 0xFFFFFFFF or csize == 0xFFFFFFFF or offset == 0xFFFFFFFF:
+        usize, csize, offset = _zip64_values(extra.get(_ZIP64_EXTRA), usize, csize, offset,
+                                             raw_name)
+    unicode_field = extra.get(_UNICODE_PATH_EXTRA)
+    if unicode_field is None and raw_name.isascii() and b"\x00" not in raw_name:
+        name = raw_name.decode("ascii")  # what every branch of _decode_name gives
+    else:
+        name = _decode_name(raw_name, flags, made_by >> 8, unicode_field)
     header_offset = offset + shift
     if usize > _MAX_SIZE or csize > _MAX_SIZE or header_offset + _LFH.size + csize > size:
         raise CorruptArchive(
@@ -472,6 +482,29 @@ def data_offset(f: BinaryIO, member: Member, size: int) -> int:
         raise CorruptArchive(f"member {member.name!r}: local header offset {member.header_offset} "
                              f"is past the end of the {size}-byte archive")
     header = _read_at(f, member.header_offset, _LFH.size, f"local header of {member.name!r}")
+    return _data_start(header, member, size)
+
+
+def data_offsets(f: BinaryIO, members: list[Member], size: int) -> list[int]:
+    """``data_offset`` of each member, the local headers read through one memory map (a listing
+    of 1e5 members would otherwise cost 1e5 seeks and reads)."""
+    try:
+        view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError, io.UnsupportedOperation):  # empty, or not a real file
+        return [data_offset(f, member, size) for member in members]
+    with view:
+        end = min(size, len(view))
+        starts = []
+        for member in members:
+            offset = member.header_offset
+            if offset + _LFH.size > end:  # past the end: data_offset says how
+                starts.append(data_offset(f, member, size))
+            else:
+                starts.append(_data_start(view[offset:offset + _LFH.size], member, size))
+        return starts
+
+
+def _data_start(header: bytes, member: Member, size: int) -> int:
     sig, *_, name_len, extra_len = _LFH.unpack(header)
     if sig != _LFH_SIG:
         raise CorruptArchive(
