@@ -194,7 +194,25 @@ class ZipEntry:
                 "compress_type": self.compress_type, "crc32": self.crc32}
 
     @classmethod
-    def from_json(cls, data: dict) -> "ZipEntry":
+    def from_json(cls, data: dict, times: dict | None = None) -> "ZipEntry":
+        """``times``: parsed ``creation_time`` strings, shared along one listing."""
+        if type(data) is dict:  # the usual case, checked without _field's messages
+            name, size, compressed, start, method, crc, when = (
+                data.get("name"), data.get("size"), data.get("compressed_size"),
+                data.get("range_start"), data.get("compress_type"), data.get("crc32"),
+                data.get("creation_time"))
+            if (type(name) is str and (size is None or type(size) is int)
+                    and (compressed is None or type(compressed) is int)
+                    and (start is None or type(start) is int)
+                    and (method is None or type(method) is int)
+                    and (crc is None or type(crc) is int)):
+                if times is None:
+                    created = parse_time(when)
+                else:
+                    created = times.get(when)
+                    if created is None:
+                        created = times[when] = parse_time(when)
+                return cls(name, size, compressed, start, created, method, crc)
         return cls(
             name=_field(data, "name", str),
             size=_field(data, "size", int, optional=True),
@@ -218,9 +236,10 @@ class ZipListing:
 
     @classmethod
     def from_json(cls, data: dict) -> "ZipListing":
+        times: dict = {}  # DOS times have a 2 s step: many members share one
         return cls(
             size=_field(data, "size", int),
-            contents=[ZipEntry.from_json(item) for item in _field(data, "contents", list)],
+            contents=[ZipEntry.from_json(item, times) for item in _field(data, "contents", list)],
         )
 
 
