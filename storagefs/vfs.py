@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import itertools
 import logging
 import posixpath
+import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterator, Protocol
+from typing import Callable, Hashable, Iterator, NamedTuple, Protocol
 
 from cachetools import LRUCache
 
@@ -106,9 +108,10 @@ class ClientBackend:
         return self.client.read_range(url, start, end_inclusive)
 
 
-@dataclass(frozen=True)
-class Member:
-    """One member of an archive as the tree shows it; ``name`` is the name in the archive."""
+class Member(NamedTuple):
+    """One member of an archive as the tree shows it; ``name`` is the name in the archive.
+
+    A named tuple rather than a dataclass: a tree may hold 1e5 of them, made in one go."""
 
     name: str
     size: int
@@ -155,15 +158,14 @@ class InodeTable:
     """Inode numbers by path, given on first sight and never reused while mounted."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._numbers: dict[str, int] = {"/": 1}
+        self._next = itertools.count(2)  # next() and setdefault() are atomic: no lock needed
 
     def __call__(self, path: str) -> int:
-        with self._lock:
-            number = self._numbers.get(path)
-            if number is None:
-                number = self._numbers[path] = len(self._numbers) + 1
-            return number
+        number = self._numbers.get(path)
+        if number is None:  # two threads may both draw a number; the first one stored wins
+            number = self._numbers.setdefault(path, next(self._next))
+        return number
 
     def __len__(self) -> int:
         return len(self._numbers)
@@ -175,18 +177,17 @@ def _timestamp(value: _dt.datetime | None) -> float | None:
 
 def safe_parts(name: str) -> list[str]:
     """Components of a member name that stay inside the archive's folder (see module notes)."""
-    name = name.split("\x00", 1)[0]
-    parts = []
-    for part in name.split("/"):
-        if part in ("", ".", ".."):
-            continue
-        parts.append(_displayable(part))
-    return parts
+    if "\x00" in name:
+        name = name.split("\x00", 1)[0]
+    return [part for part in _displayable(name).split("/") if part not in ("", ".", "..")]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _displayable(name: str) -> str:
     """Lone surrogates cannot become a UTF-8 file name; they show as U+FFFD."""
-    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in name)
+    return name if name.isascii() else _SURROGATE.sub("\ufffd", name)
 
 
 class ArchiveTree:
@@ -197,6 +198,7 @@ class ArchiveTree:
         self.dirs: dict[str, dict[str, Member | None]] = {"": {}}  # folder -> name -> member
         self.dir_times: dict[str, float | None] = {}
         self.files: dict[str, Member] = {}
+        self.entries: dict[str, Entry] = {}  # the VFS's entries, made on first use
         for item in listing.contents:
             self._add(item, label)
 
@@ -207,9 +209,11 @@ class ArchiveTree:
                 log.warning("%s: member %r has no usable name; not shown", label, item.name)
             return
         is_dir = item.name.split("\x00", 1)[0].endswith("/")
-        parent = ""
-        for part in parts[:-1]:
-            parent = self._ensure_dir(parent, part, label)
+        parent = "/".join(parts[:-1])
+        if parent not in self.dirs:  # (a known folder's parents are all known)
+            parent = ""
+            for part in parts[:-1]:
+                parent = self._ensure_dir(parent, part, label)
         last = parts[-1]
         mtime = _timestamp(item.creation_time)
         if is_dir:
@@ -223,10 +227,8 @@ class ArchiveTree:
             return
         if path in self.files:
             log.info("%s: %r appears twice; the later entry is shown", label, item.name)
-        member = Member(name=item.name, size=item.size or 0,
-                        compressed_size=item.compressed_size or 0,
-                        data_start=item.range_start, method=item.compress_type or 0,
-                        crc32=item.crc32, mtime=mtime)
+        member = Member(item.name, item.size or 0, item.compressed_size or 0, item.range_start,
+                        item.compress_type or 0, item.crc32, mtime)
         self.files[path] = member
         self.dirs[parent][last] = member
 
@@ -239,6 +241,15 @@ class ArchiveTree:
             self.dirs[path] = {}
         self.dirs[parent][name] = None
         return path
+
+    def dir_time(self, rel: str) -> float | None:
+        """The time of a folder, else of its nearest ancestor that has one."""
+        while rel:
+            when = self.dir_times.get(rel)
+            if when:
+                return when
+            rel = rel.rpartition("/")[0]
+        return None
 
     def __len__(self) -> int:
         return len(self.files) + len(self.dirs) - 1
@@ -263,29 +274,19 @@ class VFS:
         self.root = Entry("/", FOLDER, 0, 0, self.started, 1)
         # Indexes built from what the backend returns; rebuilt when it returns a new listing.
         self._lock = threading.Lock()
-        self._folders: LRUCache = LRUCache(1024)  # storage path -> (listing, {name: item})
+        self._folders: dict[str, _Folder] = {}  # storage path -> its last listing, at most 1024
         self._trees: LRUCache = LRUCache(max(1, max_archives))  # (path, version) -> tree
 
     # -- the contract ------------------------------------------------------------------------
 
     def lookup(self, path: str) -> Entry:
-        path = "/" + path.strip("/")
-        if path == "/":
-            return self.root
-        parent_path, _, name = path.rpartition("/")
-        parent = self.lookup(parent_path or "/")
-        if not parent.is_dir:
-            raise NotADirectory(f"not a folder: {parent.path}")
-        entry = self._child(parent, name)
-        if entry is None:
-            raise NotFound(f"no such file or folder: {path}")
-        return entry
+        return self._resolve(path)[0]
 
     def list(self, path: str) -> list[Entry]:
-        entry = self.lookup(path)
+        entry, archive = self._resolve(path)
         if not entry.is_dir:
             raise NotADirectory(f"not a folder: {entry.path}")
-        return list(self._children(entry))
+        return list(self._children(entry, archive))
 
     def open(self, path: str):
         """A reader (``read(offset, length)``, ``close()``) for a file or member."""
@@ -317,38 +318,76 @@ class VFS:
     def space_used(self) -> int:
         return self.backend.space_used()
 
-    # -- children ------------------------------------------------------------------------------
+    # -- paths ---------------------------------------------------------------------------------
+
+    def _resolve(self, path: str) -> tuple[Entry, Entry | None]:
+        """The entry at a mount path, and the archive it lies in (None outside archives).
+
+        Entries are made once per listing (storage folders) or per archive version (members):
+        ``ls -lR`` of a large archive asks for each path once, through every folder above it.
+        """
+        entry = self.root
+        names = [name for name in path.split("/") if name]
+        for i, name in enumerate(names):
+            if entry.kind != FOLDER:
+                if not entry.is_dir:
+                    raise NotADirectory(f"not a folder: {entry.path}")
+                return self._member(entry, names[i:]), entry
+            child = self._child(entry, name)
+            if child is None:
+                raise NotFound(f"no such file or folder: {_join(entry.path, name)}")
+            entry = child
+        return entry, (entry if entry.kind == ARCHIVE else None)
+
+    def _member(self, archive: Entry, names: list[str]) -> Entry:
+        """The entry at ``names`` inside the archive (its cleaned path, split)."""
+        tree = self._tree(archive)
+        rel = "/".join(names)
+        entry = tree.entries.get(rel) or self._member_entry(archive, tree, rel)
+        if entry is not None:
+            return entry
+        for i in range(1, len(names)):  # why not: a file on the way, or a missing name
+            if "/".join(names[:i]) in tree.files:
+                raise NotADirectory(f"not a folder: {archive.path}/{'/'.join(names[:i])}")
+        raise NotFound(f"no such file or folder: {archive.path}/{rel}")
 
     def _child(self, parent: Entry, name: str) -> Entry | None:
-        if parent.kind == FOLDER:
-            item = self._folder(parent.object_path).get(name)
-            if item is None:  # perhaps new since the listing: ask again if it is not recent
-                item = self._folder(parent.object_path, self.negative_ttl).get(name)
-            return None if item is None else self._storage_entry(parent, name, item)
-        tree = self._tree(parent)
-        if name not in tree.dirs.get(parent.inner, {}):
-            return None
-        return self._member_entry(parent, tree, name)
+        """An entry of a storage folder."""
+        folder = self._folder(parent.object_path)
+        entry = folder.entries.get(name)
+        if entry is not None:
+            return entry
+        item = folder.items.get(name)
+        if item is None:  # perhaps new since the listing: ask again if it is not recent
+            folder = self._folder(parent.object_path, self.negative_ttl)
+            item = folder.items.get(name)
+            if item is None:
+                return None
+        entry = folder.entries[name] = self._storage_entry(parent, name, item)
+        return entry
 
-    def _children(self, parent: Entry) -> Iterator[Entry]:
+    def _children(self, parent: Entry, archive: Entry | None) -> Iterator[Entry]:
         if parent.kind == FOLDER:
-            for name, item in self._folder(parent.object_path).items():
-                yield self._storage_entry(parent, name, item)
+            for name in list(self._folder(parent.object_path).items):
+                entry = self._child(parent, name)
+                if entry is not None:
+                    yield entry
         else:
-            tree = self._tree(parent)
+            assert archive is not None
+            tree = self._tree(archive)
+            prefix = parent.inner + "/" if parent.inner else ""
             for name in tree.dirs.get(parent.inner, {}):
-                yield self._member_entry(parent, tree, name)
+                rel = prefix + name
+                yield tree.entries.get(rel) or self._member_entry(archive, tree, rel)
 
     # -- storage folders -----------------------------------------------------------------------
 
-    def _folder(self, storage_path: str,
-                max_age: float | None = None) -> dict[str, protocol.StorageFile]:
-        """The folder's entries by name, from its (cached) listing."""
+    def _folder(self, storage_path: str, max_age: float | None = None) -> "_Folder":
+        """The folder's items by name, from its (cached) listing."""
         listing = self.backend.list_folder(storage_path, max_age)
-        with self._lock:
-            cached = self._folders.get(storage_path)
-        if cached is not None and cached[0] is listing:
-            return cached[1]
+        cached = self._folders.get(storage_path)
+        if cached is not None and cached.listing is listing:
+            return cached
         index: dict[str, protocol.StorageFile] = {}
         for item in listing:
             raw = item.name.rstrip("/")
@@ -363,9 +402,13 @@ class VFS:
                 if earlier.is_directory:
                     continue
             index[name] = item
+        folder = _Folder(listing, index)
         with self._lock:
-            self._folders[storage_path] = (listing, index)
-        return index
+            self._folders.pop(storage_path, None)
+            self._folders[storage_path] = folder
+            if len(self._folders) > _FOLDERS_KEPT:  # the oldest listing goes first
+                del self._folders[next(iter(self._folders))]
+        return folder
 
     def _storage_entry(self, parent: Entry, name: str, item: protocol.StorageFile) -> Entry:
         path = _join(parent.path, name)
@@ -398,16 +441,23 @@ class VFS:
                 self._trees[key] = tree
         return tree
 
-    def _member_entry(self, parent: Entry, tree: ArchiveTree, name: str) -> Entry:
-        rel = f"{parent.inner}/{name}" if parent.inner else name
-        path = _join(parent.path, name)
+    def _member_entry(self, archive: Entry, tree: ArchiveTree, rel: str) -> Entry | None:
+        """The entry of a folder or member (by cleaned path), kept in the tree; None if absent.
+
+        A time missing from the archive is its folder's, else the archive's own."""
+        path = f"{archive.path}/{rel}"
         if rel in tree.dirs:
-            return Entry(path, MEMBER_DIR, 0, 0, tree.dir_times.get(rel) or parent.mtime,
-                         self.inodes(path), parent.object_path, parent.version, rel)
-        member = tree.files[rel]
-        return Entry(path, MEMBER, member.size, member.compressed_size,
-                     member.mtime or parent.mtime, self.inodes(path), parent.object_path,
-                     parent.version, rel, member)
+            entry = Entry(path, MEMBER_DIR, 0, 0, tree.dir_time(rel) or archive.mtime,
+                          self.inodes(path), archive.object_path, archive.version, rel)
+        else:
+            member = tree.files.get(rel)
+            if member is None:
+                return None
+            mtime = member.mtime or tree.dir_time(rel.rpartition("/")[0]) or archive.mtime
+            entry = Entry(path, MEMBER, member.size, member.compressed_size, mtime,
+                          self.inodes(path), archive.object_path, archive.version, rel, member)
+        tree.entries[rel] = entry
+        return entry
 
     def _member_range(self, entry: Entry) -> tuple[int, int, int]:
         """Where the member's compressed bytes are: ``zip-file-range``, else the listing."""
@@ -438,6 +488,21 @@ class VFS:
                 return backend.read_range(backend.download_url(object_path), start, end - 1)
 
         return fetch
+
+
+_FOLDERS_KEPT = 1024
+
+
+class _Folder:
+    """One listing of a storage folder: its items by shown name, and their entries once made."""
+
+    __slots__ = ("listing", "items", "entries")
+
+    def __init__(self, listing: list[protocol.StorageFile],
+                 items: dict[str, protocol.StorageFile]) -> None:
+        self.listing = listing
+        self.items = items
+        self.entries: dict[str, Entry] = {}
 
 
 def _join(parent: str, name: str) -> str:
