@@ -17,10 +17,11 @@ import datetime as _dt
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Hashable
 from urllib.parse import parse_qs, urlsplit
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 
 from . import protocol
 from .errors import NotFound
@@ -43,13 +44,21 @@ class MetadataCache:
 
     A ``NotFound`` from ``load`` is remembered for ``negative_ttl`` and raised again; other
     errors are not cached (the next call retries).
+
+    Both tables hold at most ``maxsize`` keys, the least recently used going first, as in
+    cachetools' ``TTLCache``; they are plain ordered dicts because a hit here is on the path of
+    every ``stat`` (once per storage folder above the path), where ``TTLCache.get`` cost several
+    calls each.
     """
 
     def __init__(self, ttl: float, negative_ttl: float, maxsize: int = 4096,
                  clock: Clock = time.monotonic) -> None:
         self._clock = clock
-        self._values: TTLCache = TTLCache(maxsize, ttl, timer=clock)  # key -> (value, loaded)
-        self._misses: TTLCache = TTLCache(maxsize, negative_ttl, timer=clock)
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._maxsize = maxsize
+        self._values: OrderedDict[Hashable, tuple[Any, float]] = OrderedDict()  # (value, loaded)
+        self._misses: OrderedDict[Hashable, tuple[_Missing, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
         self.loads = 0  # for tests and debugging: how many times the backend was asked
@@ -70,7 +79,7 @@ class MetadataCache:
                 value = load()
             except NotFound as exc:
                 with self._lock:
-                    self._misses[key] = _Missing(exc)
+                    self._store(self._misses, key, _Missing(exc))
                     self._loading.pop(key, None)
                 raise
             except BaseException:
@@ -78,21 +87,34 @@ class MetadataCache:
                     self._loading.pop(key, None)
                 raise
             with self._lock:
-                self._values[key] = (value, self._clock())
+                self._store(self._values, key, value)
                 self._misses.pop(key, None)
                 self._loading.pop(key, None)
             return value
+
+    def _store(self, table: OrderedDict, key: Hashable, value: Any) -> None:
+        table[key] = (value, self._clock())
+        table.move_to_end(key)
+        while len(table) > self._maxsize:
+            table.popitem(last=False)
 
     def _peek(self, key: Hashable, max_age: float | None = None) -> tuple[bool, Any]:
         with self._lock:
             item = self._values.get(key)
             if item is not None:
-                if max_age is None or self._clock() - item[1] <= max_age:
-                    return True, item[0]
-                return False, None
+                age = self._clock() - item[1]
+                if age < self._ttl:
+                    self._values.move_to_end(key)
+                    if max_age is None or age <= max_age:
+                        return True, item[0]
+                    return False, None
+                del self._values[key]
             missing = self._misses.get(key)
+            if missing is not None and self._clock() - missing[1] >= self._negative_ttl:
+                del self._misses[key]
+                missing = None
         if missing is not None:
-            raise missing.error
+            raise missing[0].error
         return False, None
 
     def invalidate(self, key: Hashable) -> None:
