@@ -89,7 +89,7 @@ class Sizes:
 
 
 FULL = Sizes(big=512 * MiB, small=200_000, parallel=64 * MiB, many=100_000, db_rows=1_000_000,
-             reads=200, read_budget_s=120.0, cache=256 * MiB)
+             reads=200, read_budget_s=60.0, cache=256 * MiB)
 QUICK = Sizes(big=8 * MiB, small=50_000, parallel=1 * MiB, many=2_000, db_rows=20_000,
               reads=20, read_budget_s=10.0, cache=64 * MiB)
 
@@ -146,55 +146,80 @@ def _build_db(path: Path, rows: int) -> None:
         db.execute("VACUUM")
 
 
-def build_corpus(sizes: Sizes, quick: bool) -> Path:
-    """The server's root, built once per recipe; returns the corpus folder."""
-    corpus = BENCH / ("corpus-quick" if quick else "corpus")
-    recipe = {"version": CORPUS_VERSION, "sizes": asdict(sizes)}
-    manifest = corpus / "manifest.json"
-    if manifest.exists():
-        try:
-            if json.loads(manifest.read_text()).get("recipe") == recipe:
-                return corpus
-        except ValueError:
-            pass
-    print(f"building the corpus in {corpus.relative_to(REPO)} (once) ...", flush=True)
-    started = time.monotonic()
-    shutil.rmtree(corpus, ignore_errors=True)
-    root = corpus / "root" / "bench"
-    root.mkdir(parents=True)
-    (corpus / "local").mkdir()
-    with zipfile.ZipFile(root / BIG_ZIP, "w", compresslevel=6) as zf:
+def _build_big(path: Path, sizes: Sizes) -> None:
+    with zipfile.ZipFile(path, "w", compresslevel=6) as zf:
         _write_member(zf, BIG_MEMBER, _text_chunks(1, sizes.big))
         _write_member(zf, SMALL_MEMBER, _text_chunks(2, sizes.small))
-    with zipfile.ZipFile(root / PARALLEL_ZIP, "w", compresslevel=6) as zf:
+
+
+def _build_parallel(path: Path, sizes: Sizes) -> None:
+    with zipfile.ZipFile(path, "w", compresslevel=6) as zf:
         for i in range(8):
             _write_member(zf, f"members/m{i}.log", _text_chunks(10 + i, sizes.parallel))
-    with zipfile.ZipFile(root / MANY_ZIP, "w", compresslevel=6) as zf:
-        rng = random.Random(3)
-        per_dir, per_case = 100, 1000
+
+
+def _build_many(path: Path, sizes: Sizes) -> None:
+    """A task's output tree: 100 cases x 10 steps x 100 small files, written over a day
+    (distinct timestamps, as a real run leaves them)."""
+    rng = random.Random(3)
+    per_dir, per_case = 100, 1000
+    start = dt.datetime(2025, 6, 1, 0, 0, 0)
+    with zipfile.ZipFile(path, "w", compresslevel=6) as zf:
         for i in range(sizes.many):
             name = (f"output/case{i // per_case:03d}/step{(i // per_dir) % 10:02d}/"
                     f"probe{i:06d}.dat")
-            info = zipfile.ZipInfo(name, (2025, 6, 1, 12, 0, 0))
+            when = start + dt.timedelta(seconds=i * 86400 // max(1, sizes.many))
+            info = zipfile.ZipInfo(name, when.timetuple()[:6])
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, f"probe {i} {rng.random():.6f}\n".encode() * rng.randrange(1, 8))
-    db = corpus / "local" / "sim.db"
+
+
+def _build_db_zip(path: Path, sizes: Sizes) -> None:
+    db = path.parent.parent.parent / "local" / "sim.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
     _build_db(db, sizes.db_rows)
-    with zipfile.ZipFile(root / DB_ZIP, "w", compresslevel=6) as zf:
+    with zipfile.ZipFile(path, "w", compresslevel=6) as zf:
         info = zipfile.ZipInfo(DB_MEMBER, (2025, 6, 1, 12, 0, 0))
         info.compress_type = zipfile.ZIP_DEFLATED
         with db.open("rb") as src, zf.open(info, "w", force_zip64=True) as out:
             shutil.copyfileobj(src, out, MiB)
-    facts = {}
-    for archive in (BIG_ZIP, PARALLEL_ZIP, MANY_ZIP, DB_ZIP):
-        with zipfile.ZipFile(root / archive) as zf:
+
+
+# archive -> (builder, the recipe fields it depends on, its own version)
+_ARCHIVES = {BIG_ZIP: (_build_big, ("big", "small"), 1),
+             PARALLEL_ZIP: (_build_parallel, ("parallel",), 1),
+             MANY_ZIP: (_build_many, ("many",), 2),
+             DB_ZIP: (_build_db_zip, ("db_rows",), 1)}
+
+
+def build_corpus(sizes: Sizes, quick: bool) -> Path:
+    """The server's root; each archive is rebuilt only when its recipe changed."""
+    corpus = BENCH / ("corpus-quick" if quick else "corpus")
+    root = corpus / "root" / "bench"
+    root.mkdir(parents=True, exist_ok=True)
+    manifest_path = corpus / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    recipes, facts = manifest.get("recipes", {}), manifest.get("facts", {})
+    for archive, (build, fields, version) in _ARCHIVES.items():
+        recipe = {"corpus": CORPUS_VERSION, "version": version,
+                  **{name: getattr(sizes, name) for name in fields}}
+        path = root / archive
+        if recipes.get(archive) == recipe and path.exists() and archive in facts:
+            continue
+        print(f"building {path.relative_to(REPO)} (once) ...", flush=True)
+        started = time.monotonic()
+        build(path, sizes)
+        with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-            facts[archive] = {"size": (root / archive).stat().st_size, "members": len(infos),
+            facts[archive] = {"size": path.stat().st_size, "members": len(infos),
                               "compressed": {i.filename: i.compress_size for i in infos[:16]},
-                              "sizes": {i.filename: i.file_size for i in infos[:16]}}
-    manifest.write_text(json.dumps({"recipe": recipe, "facts": facts,
-                                    "build_s": round(time.monotonic() - started, 1)}, indent=1))
-    print(f"corpus built in {time.monotonic() - started:.0f} s", flush=True)
+                              "sizes": {i.filename: i.file_size for i in infos[:16]},
+                              "build_s": round(time.monotonic() - started, 1)}
+        recipes[archive] = recipe
+        manifest_path.write_text(json.dumps({"recipes": recipes, "facts": facts}, indent=1))
     return corpus
 
 
@@ -320,6 +345,17 @@ class RssSampler:
         self.peak = max(self.peak, self.status("VmRSS"))
         return {"rss_peak_sampled": self.peak, "hwm": max(self.peak, self.status("VmHWM")),
                 "rss_now": self.status("VmRSS")}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (the machine may be shared: wall time is
+    not all spent by the mount)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _unmount(mountpoint: Path, process: subprocess.Popen) -> None:
@@ -593,8 +629,10 @@ class Bench:
             self.cold()
             rss = RssSampler(m.pid)
             before = self.server.metrics()
+            cpu = cpu_seconds(m.pid), cpu_seconds(self.server.process.pid)
             with out.open("w") as listing:
                 ls_s = _run_timed(["ls", "-lR", str(m.archive_dir)], self.timeout, listing)
+            cpu = cpu_seconds(m.pid) - cpu[0], cpu_seconds(self.server.process.pid) - cpu[1]
             moved = traffic(before, self.server.metrics())
             memory = rss.stop()
             mount_s = m.ready - m.started
@@ -608,7 +646,8 @@ class Bench:
         # storagefs lists an archive when it is first used; ratarmount indexes it before it
         # mounts, so its time to mount is part of its cold listing.
         seconds = ls_s if system.name == "storagefs" else mount_s + ls_s
-        return {"seconds": seconds, "ls_seconds": ls_s, "mount_seconds": mount_s, "files_listed": files,
+        return {"seconds": seconds, "ls_seconds": ls_s, "mount_seconds": mount_s,
+                "daemon_cpu_s": cpu[0], "server_cpu_s": cpu[1], "files_listed": files,
                 "expected_files": self.facts[MANY_ZIP]["members"], "memory": memory,
                 "traffic": moved, "again_same_mount_s": again_s,
                 "fresh_mount_warm_server_s": warm_server_s}
