@@ -20,11 +20,37 @@ Thread-safe with one lock; every operation is O(1) but for the evictions it caus
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 from collections import OrderedDict
 from typing import Any, Hashable
 
 SNAPSHOT_COST = 48 << 10  # a zlib/zlib-ng decompressobj copy measures about 40 KiB
+
+_M_ARENA_MAX = -8  # mallopt parameter (glibc malloc.h)
+_arenas_limited = False
+
+
+def one_malloc_arena() -> bool:
+    """Make glibc's malloc serve every thread from one arena (idempotent; False elsewhere).
+
+    Blocks are allocated by decode workers and freed by whichever thread evicts them; with
+    glibc's default of up to 8 arenas per core, each worker's arena keeps its own high-water
+    mark, and a 256 MiB cache cost the daemon 420-520 MB of RSS (and more page faults). With
+    one arena, freed blocks are reused by the next ones: RSS stays near the budget. The big
+    allocations are few (one or two per MiB decoded), so the arena's lock is not contended;
+    Python's small objects do not go through malloc at all. Call before starting threads.
+    """
+    global _arenas_limited
+    if _arenas_limited:
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _arenas_limited = bool(libc.mallopt(_M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False
+    return _arenas_limited
 
 
 class BlockCache:

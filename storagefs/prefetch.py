@@ -19,8 +19,9 @@ random read knows roughly how much compressed data one interval needs) or growin
 in flight on the fetch pool (so on several pooled connections) while the decoder works through
 the previous one: network and CPU overlap. It never asks for a byte at or beyond ``end`` (the
 next member), and bytes already fetched are kept when the decoder skips forward. Buffers in
-flight are counted in the mount's one memory budget (``BlockCache.reserve``); when the budget
-refuses, the feed fetches in the decoder's thread instead of ahead of it.
+flight, and the piece the decoder is working through, are counted in the mount's one memory
+budget (``BlockCache.reserve``); when the budget refuses, the feed fetches in the decoder's
+thread instead of ahead of it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ Fetch = Callable[[int, int], bytes]
 
 KiB, MiB = 1 << 10, 1 << 20
 FIRST_REQUEST = 128 * KiB  # what the kernel asks for at once without read-ahead
-MAX_REQUEST = 4 * MiB  # per ranged GET: past a few MiB, latency no longer matters
+MAX_REQUEST = 2 * MiB  # per ranged GET: past a few MiB, latency no longer matters
 DEPTH = 3  # ranged GETs in flight ahead of a sequential decoder
 
 
@@ -98,6 +99,7 @@ class RangeFeed:
         self._ahead: deque[tuple[int, int, Future | bytes, bool]] = deque()  # start, end, data
         self._lock = threading.Lock()
         self.depth = 0
+        self._held = 0  # reserved bytes of the piece the consumer has now
         self.requests = 0  # for tests: ranged fetches made
         self.fetched = 0
 
@@ -106,22 +108,24 @@ class RangeFeed:
     def next(self, hint: int = 0) -> bytes | None:
         """The next piece (at ``position``), or None at ``end``. ``hint``: compressed bytes the
         caller expects to need, used to size a request made now."""
+        self._drop_held()
         if self.position >= self.end:
             return None
         if not self._ahead:
             self._ask(hint, wait=True)
         begin, stop, data, reserved = self._ahead.popleft()
+        if reserved:  # counted until the consumer asks for the next piece
+            self._held = stop - begin
         if isinstance(data, Future):
-            try:
-                data = data.result()
-            finally:
-                if reserved:
-                    self._budget.release(stop - begin)
-        elif reserved:
-            self._budget.release(stop - begin)
+            data = data.result()
         self.position = stop
         self._top_up()
         return data
+
+    def _drop_held(self) -> None:
+        if self._held:
+            self._budget.release(self._held)
+            self._held = 0
 
     def set_depth(self, depth: int) -> None:
         """Ranges to keep in flight from now on (0: fetch only when asked)."""
@@ -149,6 +153,7 @@ class RangeFeed:
 
     def close(self) -> None:
         """Forget what is in flight (its budget is given back as each request ends)."""
+        self._drop_held()
         while self._ahead:
             begin, stop, data, reserved = self._ahead.popleft()
             if isinstance(data, Future):
@@ -172,10 +177,16 @@ class RangeFeed:
         self._next = stop
         self.requests += 1
         self.fetched += stop - begin
-        if wait:
-            self._ahead.append((begin, stop, checked_fetch(self._fetch, begin, stop), False))
-            return
         reserved = self._budget is not None and self._budget.reserve(stop - begin)
+        if wait:
+            try:
+                data = checked_fetch(self._fetch, begin, stop)
+            except BaseException:
+                if reserved:
+                    self._budget.release(stop - begin)
+                raise
+            self._ahead.append((begin, stop, data, reserved))
+            return
         future = self._pool.submit(checked_fetch, self._fetch, begin, stop)
         self._ahead.append((begin, stop, future, reserved))
 
