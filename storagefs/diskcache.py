@@ -22,10 +22,13 @@ part's bounds and its CRC-32::
   a minute per file).
 - Several mounts may share a folder: files appear and vanish atomically; each process counts
   only what it saw, so the limit holds per process.
+- Private: the folder must belong to the mount's user and is made 0700, so other users can
+  neither read what was fetched nor plant data in it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -49,6 +52,17 @@ _VERSION = 1
 _TOUCH_EVERY = 60.0
 
 
+def _make_private(root: Path) -> None:
+    """What a mount cached is its user's alone: a folder that belongs to another user is
+    refused (its owner could read it or plant data), one of ours open to others is closed."""
+    st = root.stat()
+    if st.st_uid != os.geteuid():
+        raise PermissionError(errno.EACCES, f"cache folder {root} belongs to another user "
+                              "(use a folder of your own)")
+    if st.st_mode & 0o077:
+        root.chmod(0o700)
+
+
 class DiskCache:
     """Granules of objects under ``root``, at most ``limit`` bytes (see the module notes)."""
 
@@ -66,7 +80,8 @@ class DiskCache:
         self.misses = 0  # bytes fetched
         self.corrupt = 0  # files found damaged (deleted and fetched again)
         self.evicted = 0
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_private(self.root)
         self._scan()
 
     # -- the decorator --------------------------------------------------------------------
