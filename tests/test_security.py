@@ -299,8 +299,8 @@ def _as_nobody(*cmd: str) -> subprocess.CompletedProcess:
         os.setgid(NOBODY)
         os.setuid(NOBODY)
 
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=30,
-                          preexec_fn=drop)
+    return subprocess.run(list(cmd), capture_output=True, text=True, errors="replace",
+                          timeout=30, preexec_fn=drop)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
@@ -358,5 +358,52 @@ def test_mount_shows_files_read_only(server, unique):
             assert options and "ro" in options[0].split(","), options
         finally:
             force_unmount(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_disk_cache_is_private(server, unique, tmp_path, figures):
+    """What a private mount fetched must not be readable, or replaceable, by other users
+    through its --cache-dir."""
+    require_fuse()
+    from test_mount import force_unmount, storagefs
+
+    (server.root / unique).mkdir(parents=True, exist_ok=True)
+    (server.root / unique / "f.txt").write_bytes(b"cached secret\n" * 1000)
+    base = Path(tempfile.mkdtemp(prefix="storagefs-cache-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        cache, mountpoint = base / "cache", base / "mnt"
+        cache.mkdir(mode=0o755)  # as `mkdir` leaves it
+        mountpoint.mkdir()
+        result = storagefs("mount", str(mountpoint), "--api-url", server.url, "--api-key",
+                           server.api_key, "--cache-dir", str(cache))
+        assert result.returncode == 0, result.stderr
+        try:
+            assert (mountpoint / unique / "f.txt").read_bytes() == b"cached secret\n" * 1000
+        finally:
+            force_unmount(mountpoint)
+        cached = [p for p in cache.rglob("*") if p.is_file()]
+        assert cached, "nothing was written to the cache folder"
+        assert not os.stat(cache).st_mode & 0o077, oct(os.stat(cache).st_mode)
+        for path in cached:
+            reading = _as_nobody("cat", str(path))
+            assert reading.returncode != 0 and "cached secret" not in reading.stdout
+        listing = _as_nobody("ls", "-R", str(cache))
+        assert listing.returncode != 0
+        figures["cache files kept from other users"] += len(cached)
+
+        # A cache folder that belongs to someone else is refused, not used.
+        foreign = base / "foreign"
+        foreign.mkdir(mode=0o777)
+        os.chown(foreign, NOBODY, NOBODY)
+        result = storagefs("mount", str(mountpoint), "--api-url", server.url, "--api-key",
+                           server.api_key, "--cache-dir", str(foreign))
+        try:
+            assert result.returncode == 1, result.stderr
+            assert "cache folder" in result.stderr and len(result.stderr.splitlines()) == 1
+        finally:
+            force_unmount(mountpoint)
     finally:
         shutil.rmtree(base, ignore_errors=True)
