@@ -1,6 +1,6 @@
 """Paths of the mount -> entries: storage folders and files, ``*.zip`` as folders, members.
 
-The contract is three calls and one dataclass (ratarmount's ``MountSource`` is the model):
+The contract is three calls and one record (ratarmount's ``MountSource`` is the model):
 ``lookup(path) -> Entry``, ``list(path) -> [Entry]`` and ``open(path) -> reader``. Paths are
 the mount's, ``/`` rooted, as FUSE hands them over.
 
@@ -32,11 +32,9 @@ import datetime as _dt
 import errno
 import itertools
 import logging
-import posixpath
 import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator, NamedTuple, Protocol
 
 from cachetools import LRUCache
@@ -122,9 +120,9 @@ class Member(NamedTuple):
     mtime: float | None
 
 
-@dataclass(frozen=True)
-class Entry:
-    """Everything ``stat`` needs about a path, and where its bytes live."""
+class Entry(NamedTuple):
+    """Everything ``stat`` needs about a path, and where its bytes live (immutable; a named
+    tuple for the same reason as ``Member``: one per path listed)."""
 
     path: str  # in the mount: "/", "/task1/output.zip/artifacts/stdout.txt"
     kind: str  # FOLDER, FILE, ARCHIVE, MEMBER_DIR or MEMBER
@@ -139,7 +137,7 @@ class Entry:
 
     @property
     def name(self) -> str:
-        return posixpath.basename(self.path)
+        return self.path.rpartition("/")[2]
 
     @property
     def is_dir(self) -> bool:
