@@ -266,7 +266,10 @@ def test_mutated_archives_through_server_and_reader(server, unique, figures):
                     assert got == want, entry["name"]
                     counter["agreed"] += 1
 
+    before = _rss(server.process.pid)
     run()
+    growth = _rss(server.process.pid) - before
+    assert growth < 64 * MiB, f"the server grew by {growth >> 20} MiB on hostile archives"
     figures["mutated archives tried (server, reader)"] += counter["n"]
     figures["members of mutated archives read or refused, no 5xx (server, reader)"] += \
         counter["members"]
@@ -337,3 +340,49 @@ def test_hostile_names_through_the_mount(server, unique, tmp_path, figures):
         force_unmount(mountpoint)
     log = (tmp_path / "mount.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_decompression_bomb_through_the_mount_stays_bounded(server, unique, tmp_path, figures):
+    """256 MiB of zeros in a 0.25 MiB member, honest about its size: reading its start, its
+    end and all of it keeps the mount within its memory budget."""
+    require_fuse()
+    from test_mount import foreground_mount
+
+    size = 256 * MiB
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = b"\0" * (8 * MiB)
+    raw = b"".join(compressor.compress(chunk) for _ in range(size // len(chunk)))
+    raw += compressor.flush()
+    crc = 0
+    for _ in range(size // len(chunk)):
+        crc = zlib.crc32(chunk, crc)
+    (server.root / unique).mkdir(parents=True, exist_ok=True)
+    write_raw_zip(server.root / unique / "bomb.zip",
+                  [RawEntry(b"zeros.bin", raw, method=8, size=size, crc=crc)])
+    mountpoint, log = tmp_path / "mnt", tmp_path / "mount.log"
+    with foreground_mount(server, mountpoint, log, "--cache-size", "32M") as process:
+        idle = _rss(process.pid)
+        path = mountpoint / unique / "bomb.zip" / "zeros.bin"
+        assert os.stat(path).st_size == size
+        with open(path, "rb") as handle:
+            assert handle.read(MiB) == b"\0" * MiB
+            handle.seek(size - MiB)
+            assert handle.read(MiB) == b"\0" * MiB
+            handle.seek(0)
+            total, peak = 0, idle
+            while block := handle.read(4 * MiB):
+                assert block.count(0) == len(block)
+                total += len(block)
+                peak = max(peak, _rss(process.pid))
+        assert total == size
+    assert peak - idle < 32 * MiB + 160 * MiB, f"RSS grew by {(peak - idle) >> 20} MiB"
+    figures["decompression bomb: bytes read through the mount"] += size + 2 * MiB
+    figures["decompression bomb: mount RSS growth (MiB)"] = max(
+        figures["decompression bomb: mount RSS growth (MiB)"], (peak - idle) >> 20)
