@@ -188,11 +188,15 @@ class RangeFeed:
             self._ahead.append((begin, stop, data, reserved))
             return
         future = self._pool.submit(checked_fetch, self._fetch, begin, stop)
+        # Counted twice while in flight: the HTTP layer holds the body's pieces, then their
+        # join, for a moment.
+        if reserved and self._budget.reserve(stop - begin):
+            future.add_done_callback(lambda _, size=stop - begin: self._budget.release(size))
         self._ahead.append((begin, stop, future, reserved))
 
     def _top_up(self) -> None:
         while self.depth and len(self._ahead) < self.depth and self._next < self.end:
-            if self._budget is not None and self._budget.reserved + self._request * 2 > \
+            if self._budget is not None and self._budget.reserved + self._request * 4 > \
                     self._budget.capacity // 2:
                 break  # the budget is taken by other read-aheads: fetch when asked instead
             self._ask(0, wait=False)

@@ -458,8 +458,12 @@ class VFS:
         return entry
 
     def _member_range(self, entry: Entry) -> tuple[int, int, int]:
-        """Where the member's compressed bytes are: ``zip-file-range``, else the listing."""
+        """Where the member's compressed bytes are: the listing's ``range_start`` (the offset
+        of the compressed data, as ``zip-file-range`` would answer: one request less for every
+        member opened), else ``zip-file-range``."""
         member = entry.member
+        if member.data_start is not None:
+            return member.data_start, member.compressed_size, member.method
         try:
             rng = self.backend.member_range(entry.object_path, member.name, entry.version)
             return rng.range_start, rng.range_end - rng.range_start + 1, rng.compress_type
