@@ -149,6 +149,10 @@ def setup(tmp_path_factory):
             **{f"task/output.zip/{n}": d for n, d in members.items()},
             "task/stored.zip/s.txt": text_bytes(74, 300_000)}
     root.mkdir()
+    for tag in TAGS:  # stored up front: one wait for the root's listing, not one per test
+        for name, data in stored_files.items():
+            (root / tag / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / tag / name).write_bytes(data)
     server = start_server(root, work, "--signing-key-file", str(key_file))
     proxy = FaultProxy(server.url)
     mountpoint, log = work / "mnt", work / "mount.log"
@@ -166,14 +170,9 @@ def setup(tmp_path_factory):
 
 
 def fresh(setup, tag: str) -> dict[str, bytes]:
-    """The test files stored again under the folder ``tag``, so that nothing the mount may
-    have cached from earlier reads answers for them; {path in the mount: bytes}. The folder
-    shows once the root's listing expires (1 s)."""
-    for name, data in setup["stored_files"].items():
-        target = setup["root"] / tag / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    time.sleep(1.1)
+    """The test files as stored under the folder ``tag`` (one per test), so that nothing the
+    mount cached from earlier reads answers for them; {path in the mount: bytes}."""
+    assert tag in TAGS  # its folders were never listed: the mount must ask the server
     return {f"{tag}/{name}": data for name, data in setup["view"].items()}
 
 
@@ -236,6 +235,10 @@ LASTING = {
     "reset forever": lambda p: p.reset(after_bytes=10_000, count=None, path=OBJECTS),
     "server unreachable": lambda p: p.down(),
 }
+
+
+TAGS = ([f"transient-{i}" for i in range(len(TRANSIENT))]
+        + [f"lasting-{i}" for i in range(len(LASTING))] + ["killable", "flipped", "killed"])
 
 
 @pytest.mark.parametrize("fault", list(LASTING))
@@ -404,15 +407,15 @@ def test_server_killed_mid_read_and_restarted(setup, tmp_path, figures):
 
 
 def test_urls_expiring_during_reads_are_renewed(tmp_path, figures):
-    """Signed URLs that live 2 s: reads of one archive spread over 5 s, and one slow reader,
+    """Signed URLs that live 2 s: reads of one archive spread over 3 s, then one slow reader,
     all exact, with the URL asked for again as it expires."""
     require_fuse()
     root = tmp_path / "root"
-    members = {f"m{i}.bin": mixed_bytes(80 + i, 700_000) for i in range(6)}
+    members = {f"m{i}.bin": mixed_bytes(80 + i, 700_000) for i in range(5)}
     archive, _ = build_pyzip(tmp_path, members, "deflate", name="a.zip")
     (root / "d").mkdir(parents=True)
     (root / "d" / "a.zip").write_bytes(archive.read_bytes())
-    slow = mixed_bytes(90, 4 * MiB)
+    slow = mixed_bytes(90, 2 * MiB)
     (root / "d" / "slow.bin").write_bytes(slow)
     server = start_server(root, tmp_path, "--url-ttl", "2")
     config = tmp_path / "storagefs.ini"
@@ -422,7 +425,7 @@ def test_urls_expiring_during_reads_are_renewed(tmp_path, figures):
         with mounted(server.url, server.api_key, mountpoint, log, config):
             for name, data in members.items():
                 assert read(mountpoint / "d" / "a.zip" / name) == data
-                time.sleep(0.8)
+                time.sleep(0.6)
             got = bytearray()
             with open(mountpoint / "d" / "slow.bin", "rb") as handle:
                 while chunk := handle.read(256 * 1024):
@@ -434,6 +437,6 @@ def test_urls_expiring_during_reads_are_renewed(tmp_path, figures):
     finally:
         server.stop()
     assert_clean_log(log)
-    assert issued >= 3, f"only {issued} signed URLs asked for in more than 5 s of 2-s URLs"
+    assert issued >= 3, f"only {issued} signed URLs asked for in more than 4 s of 2-s URLs"
     figures["signed URLs renewed during reads (mount)"] += int(issued) - 2
     figures["bytes verified (mount)"] += sum(map(len, members.values())) + len(slow)
