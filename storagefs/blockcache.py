@@ -12,8 +12,8 @@ default), never on a budget of its own, so the daemon's memory stays bounded wha
 Entries leave least recently used first. A value taken with ``get`` stays valid after it is
 evicted (bytes are immutable; Python frees them once the last reader drops them), so eviction
 never invalidates what a reader is copying out. Reservations alone never evict beyond the
-budget: ``reserve`` refuses when the reserved bytes would pass half of it, and the caller then
-fetches less far ahead.
+budget: ``reserve`` refuses when the reserved bytes would pass three quarters of it, and the
+caller then fetches less far ahead.
 
 Thread-safe with one lock; every operation is O(1) but for the evictions it causes.
 """
@@ -128,9 +128,9 @@ class BlockCache:
 
     def reserve(self, size: int) -> bool:
         """Count ``size`` bytes of buffers in flight; False (nothing counted) if reservations
-        would pass half the budget."""
+        would pass three quarters of the budget."""
         with self._lock:
-            if self._reserved + size > self.capacity // 2:
+            if self._reserved + size > self.capacity * 3 // 4:
                 return False
             self._reserved += size
             self._evict()

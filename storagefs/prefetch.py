@@ -38,7 +38,7 @@ Fetch = Callable[[int, int], bytes]
 KiB, MiB = 1 << 10, 1 << 20
 FIRST_REQUEST = 128 * KiB  # what the kernel asks for at once without read-ahead
 MAX_REQUEST = 2 * MiB  # per ranged GET: past a few MiB, latency no longer matters
-DEPTH = 3  # ranged GETs in flight ahead of a sequential decoder
+DEPTH = 2  # ranged GETs in flight ahead of a sequential decoder
 
 
 def checked_fetch(fetch: Fetch, start: int, end: int) -> bytes:
@@ -168,38 +168,42 @@ class RangeFeed:
         self._request = min(self._request * 2, self._maximum)
         return max(self._request, min(hint, self._maximum))
 
-    def _ask(self, hint: int, wait: bool) -> None:
-        """One more range at ``_next``: fetched now (``wait``) or on the pool."""
+    def _ask(self, hint: int, wait: bool) -> bool:
+        """One more range at ``_next``: fetched now (``wait``, whatever the budget says) or on
+        the pool (only if the budget takes it: False otherwise)."""
         begin = self._next
-        stop = min(self.end, begin + self._size(hint))
-        if stop <= begin:
-            return
-        self._next = stop
-        self.requests += 1
-        self.fetched += stop - begin
-        reserved = self._budget is not None and self._budget.reserve(stop - begin)
+        size = min(self.end, begin + self._size(hint)) - begin
+        if size <= 0:
+            return False
+        budget = self._budget
         if wait:
+            reserved = budget is not None and budget.reserve(size)
             try:
-                data = checked_fetch(self._fetch, begin, stop)
+                data = checked_fetch(self._fetch, begin, begin + size)
             except BaseException:
                 if reserved:
-                    self._budget.release(stop - begin)
+                    budget.release(size)
                 raise
-            self._ahead.append((begin, stop, data, reserved))
-            return
-        future = self._pool.submit(checked_fetch, self._fetch, begin, stop)
-        # Counted twice while in flight: the HTTP layer holds the body's pieces, then their
-        # join, for a moment.
-        if reserved and self._budget.reserve(stop - begin):
-            future.add_done_callback(lambda _, size=stop - begin: self._budget.release(size))
-        self._ahead.append((begin, stop, future, reserved))
+        else:
+            # Counted twice while in flight: the HTTP layer holds the body's pieces, then
+            # their join, for a moment.
+            reserved = budget is not None and budget.reserve(2 * size)
+            if budget is not None and not reserved:
+                self._request = max(FIRST_REQUEST, self._request // 2)
+                return False  # the budget is taken: fetch when asked instead
+            data = self._pool.submit(checked_fetch, self._fetch, begin, begin + size)
+            if reserved:
+                data.add_done_callback(lambda _: budget.release(size))
+        self._next = begin + size
+        self.requests += 1
+        self.fetched += size
+        self._ahead.append((begin, begin + size, data, reserved))
+        return True
 
     def _top_up(self) -> None:
         while self.depth and len(self._ahead) < self.depth and self._next < self.end:
-            if self._budget is not None and self._budget.reserved + self._request * 4 > \
-                    self._budget.capacity // 2:
-                break  # the budget is taken by other read-aheads: fetch when asked instead
-            self._ask(0, wait=False)
+            if not self._ask(0, wait=False):
+                break
 
     def _release_when_done(self, data, size: int) -> None:
         if isinstance(data, Future):

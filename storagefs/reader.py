@@ -90,6 +90,10 @@ _INPUT_PIECE = 1 * MiB
 _MAX_IDLE_STEPS = 64
 _JOB_BLOCKS = 8  # blocks one job decodes before it yields its worker (fairness across files)
 _DECODER_NICE = -10
+# Memory a running decode job uses that no entry counts: its input piece and zlib's unconsumed
+# tail, zlib's output pieces and their join, and what the allocator keeps around them. Measured
+# with eight members decoded at once: about 10 MiB beyond the cache per running job.
+_JOB_MEMORY = 8 * MiB
 _RECENT = 2  # blocks a reader keeps besides the cache: progress even when the cache is tiny
 
 
@@ -272,6 +276,7 @@ class _Stream:
     def take(self, limit: int) -> memoryview | None:
         """Up to ``limit`` bytes of compressed input (None at the member's end)."""
         if not self._piece:
+            self._piece.release()  # an empty slice still holds the whole previous chunk
             data = self.feed.next(self.hint)
             self.hint = 0
             if data is None:
@@ -328,6 +333,7 @@ class _BlockReader:
         self._errors = 0  # failures so far: waiters raise the one that happened while waiting
         self._recent: dict[int, bytes] = {}
         self._waiting = 0  # readers waiting for the job
+        self._holding = 0  # budget reserved for the blocks held outside the cache
         self._cur: tuple[int, bytes] = (-1, b"")
         self._closed = False
         self.restarts = 0  # streams started, for tests and debugging
@@ -362,6 +368,9 @@ class _BlockReader:
 
     def close(self) -> None:
         with self._cond:
+            if self._holding > 0:
+                self._ctx.cache.release(self._holding)
+            self._holding = -1
             self._closed = True
             self._target = 0
             if not self._running and self._stream is not None:
@@ -517,6 +526,9 @@ class _BlockReader:
 
     def _new_stream(self, decoder, out_pos: int, in_pos: int) -> _Stream:
         ctx = self._ctx
+        if not self._holding:  # the blocks this reader keeps out of the cache (_recent, _cur)
+            held = (_RECENT + 1) * self._block
+            self._holding = held if ctx.cache.reserve(held) else -1
         feed = RangeFeed(self._fetch, self._data_start + in_pos,
                          self._data_start + self._compressed_size, pool=ctx.fetch_pool,
                          budget=ctx.cache)
@@ -526,8 +538,9 @@ class _BlockReader:
 
     def _job(self) -> None:
         self._ctx.started()
-        # The decoder's own buffers (zlib's output pieces, the block being joined) count too.
-        working = 2 * self._block if self._ctx.cache.reserve(2 * self._block) else 0
+        # The decoder's own buffers (its input piece, zlib's output pieces, the block being
+        # joined) count too.
+        working = _JOB_MEMORY if self._ctx.cache.reserve(_JOB_MEMORY) else 0
         try:
             self._run_job()
         finally:

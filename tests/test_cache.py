@@ -49,10 +49,10 @@ def test_reservations_evict_blocks_and_are_bounded():
     cache = BlockCache(100 * KiB)
     for i in range(10):
         cache.put(i, bytes(10 * KiB))
-    assert cache.reserve(30 * KiB)
-    assert cache.used + cache.reserved <= 100 * KiB
-    assert not cache.reserve(30 * KiB), "reservations stop at half the budget"
-    cache.release(30 * KiB)
+    assert cache.reserve(50 * KiB)
+    assert cache.used + cache.reserved <= 100 * KiB and len(cache) == 5
+    assert not cache.reserve(30 * KiB), "reservations stop at three quarters of the budget"
+    cache.release(50 * KiB)
     assert cache.reserved == 0
 
 
