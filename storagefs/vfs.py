@@ -35,9 +35,8 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable, Hashable, Iterator, NamedTuple, Protocol
-
-from cachetools import LRUCache
 
 from . import protocol
 from .errors import (CorruptArchive, InvalidRequest, NotFound, PermissionDenied, StorageError,
@@ -273,7 +272,8 @@ class VFS:
         # Indexes built from what the backend returns; rebuilt when it returns a new listing.
         self._lock = threading.Lock()
         self._folders: dict[str, _Folder] = {}  # storage path -> its last listing, at most 1024
-        self._trees: LRUCache = LRUCache(max(1, max_archives))  # (path, version) -> tree
+        self._trees: OrderedDict = OrderedDict()  # (path, version) -> tree, least recent first
+        self._max_trees = max(1, max_archives)
 
     # -- the contract ------------------------------------------------------------------------
 
@@ -428,6 +428,8 @@ class VFS:
         key = (entry.object_path, entry.version)
         with self._lock:
             tree = self._trees.get(key)
+            if tree is not None:
+                self._trees.move_to_end(key)
         if tree is None:
             try:
                 listing = self.backend.zip_listing(entry.object_path, entry.version)
@@ -437,6 +439,8 @@ class VFS:
             tree = ArchiveTree(listing, "/" + entry.object_path)
             with self._lock:
                 self._trees[key] = tree
+                if len(self._trees) > self._max_trees:
+                    self._trees.popitem(last=False)
         return tree
 
     def _member_entry(self, archive: Entry, tree: ArchiveTree, rel: str) -> Entry | None:
