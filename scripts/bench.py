@@ -716,6 +716,9 @@ def lines(sizes: Sizes) -> dict[str, list[Line]]:
                    lambda r: r["cat"]["mb_s"], "MB/s", 0)],
         "2": [Line("2", "small member after it, cold: requests", "<= 4", lambda v: v <= 4,
                    lambda r: r["small"]["requests"], "", 0),
+              Line("2", "  of which folder listings on the way", "", None,
+                   lambda r: r["small"]["traffic"]["by_endpoint"].get("/storage/contents", 0),
+                   "", 0),
               Line("2", "  bytes fetched over compressed size", "<= 64 KiB",
                    lambda v: v <= 65536, lambda r: r["small"]["bytes_over_compressed"] / 1024,
                    "KiB", 1)],
@@ -732,7 +735,11 @@ def lines(sizes: Sizes) -> dict[str, list[Line]]:
         "4": [Line("4", f"ls -lR of {sizes.many:,} members, cold", "<= 5 s", lambda v: v <= 5,
                    lambda r: r["ls"]["seconds"], "s", 2),
               Line("4", "  daemon peak RSS", "<= 200 MB", lambda v: v <= 200,
-                   lambda r: r["ls"]["memory"]["hwm"] / 1e6, "MB", 0)],
+                   lambda r: r["ls"]["memory"]["hwm"] / 1e6, "MB", 0),
+              Line("4", "  fresh mount, server already warm", "", None,
+                   lambda r: r["ls"]["fresh_mount_warm_server_s"], "s", 2),
+              Line("4", "  again on the same mount", "", None,
+                   lambda r: r["ls"]["again_same_mount_s"], "s", 2)],
         "5": [Line("5", "8 readers at once / 1 reader", ">= 1.5", lambda v: v >= 1.5,
                    lambda r: r["parallel"]["ratio"], "x")],
         "6": [Line("6", "daemon peak RSS in rows 1 and 5", f"<= {cache_mb + 100:.0f} MB",
@@ -878,6 +885,9 @@ def main(argv: list[str] | None = None) -> int:
              f"peer: {peer_note}"]
     if not bench.dropped:
         notes.append("page cache NOT dropped between cold runs (needs root)")
+    for name, result in results.items():
+        for key, message in result.get("errors", {}).items():
+            notes.append(f"{name}: {key} failed: {message}")
     print()
     print(text)
     for note in notes:
