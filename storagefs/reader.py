@@ -66,6 +66,7 @@ import logging
 import os
 import struct
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Hashable
 
@@ -259,6 +260,46 @@ class _MemberState:
                 del self.snapshots[i]
 
 
+class _FastInflater:
+    """Raw deflate for sequential passes, through zlib-ng's ``_ZlibDecompressor``.
+
+    It allocates its output at the size asked for and inflates a block in one call, where
+    ``decompressobj`` grows its buffer from 16 KiB by doubling (a reallocation and a GIL
+    round trip each time): inflating 512 MiB took 0.65-0.9 s instead of 1.2-1.3 s here. Its
+    state cannot be copied, so a stream that starts with it leaves no snapshots: a reader that
+    goes on sequentially never needs them, and the first random read after such a pass lays
+    them as it decodes. The interface is the part of ``codecs.Decoder`` a stream uses.
+    """
+
+    available = hasattr(codecs.fast_zlib, "_ZlibDecompressor")
+    name = "deflate"
+    can_copy = False
+
+    def __init__(self) -> None:
+        self._obj = codecs.fast_zlib._ZlibDecompressor(-zlib.MAX_WBITS)
+
+    @property
+    def eof(self) -> bool:
+        return self._obj.eof
+
+    @property
+    def needs_input(self) -> bool:
+        return self._obj.eof or self._obj.needs_input
+
+    def decompress(self, data, max_length: int = -1) -> bytes:
+        if self._obj.eof:
+            return b""  # bytes after the end of the stream are ignored, as zipfile does
+        try:
+            return self._obj.decompress(data, max_length)
+        except codecs.fast_zlib.error as exc:
+            raise CorruptArchive(f"deflate data is corrupt: {exc}") from None
+
+    def flush(self) -> bytes:
+        if not self._obj.eof:
+            raise CorruptArchive("deflate data is truncated (no end of stream)")
+        return b""
+
+
 class _Stream:
     """One decoder run from ``out_pos`` on, fed by a ``RangeFeed``; owned by one thread at a
     time (the reader's job, or the reader while no job runs)."""
@@ -440,7 +481,7 @@ class _BlockReader:
                         self._target = 0  # a seek: stop at the end of the current block
                     self._wait()
                     continue
-                self._stream = s = self._start_for(start, s)
+                self._stream = s = self._start_for(start, s, sequential=bool(ahead))
                 s.depth = DEPTH if ahead and want > start + size else 0
                 if not ahead:  # random access: one request for what the decoder will need
                     s.hint = int((start + size - s.out_pos) * self._ratio * 1.1) + 16 * KiB
@@ -501,7 +542,8 @@ class _BlockReader:
                 return False  # a snapshot closer than the stream
         return True
 
-    def _start_for(self, start: int, current: _Stream | None) -> _Stream:
+    def _start_for(self, start: int, current: _Stream | None,
+                   sequential: bool = False) -> _Stream:
         """The stream to decode block-aligned ``start`` from: ``current`` if it is the best
         place, else one from a snapshot, the block itself (stored) or the member's start."""
         if current is not None and current.out_pos <= start and self._reaches(current, start):
@@ -522,6 +564,8 @@ class _BlockReader:
                     continue
                 decoder, in_pos = snap
                 return self._new_stream(decoder.copy(), offset, in_pos)
+        if sequential and self.method == protocol.DEFLATED and _FastInflater.available:
+            return self._new_stream(_FastInflater(), 0, 0)
         return self._new_stream(codecs.make_decoder(self.method), 0, 0)
 
     def _new_stream(self, decoder, out_pos: int, in_pos: int) -> _Stream:
@@ -601,7 +645,8 @@ class _BlockReader:
         self.decoded += len(block)
         if stop == self.size:
             self._check_end(s)
-        elif self._can_snapshot and s.out_pos % self._ctx.interval == 0:
+        elif s.decoder is not None and s.decoder.can_copy and \
+                s.out_pos % self._ctx.interval == 0:
             key = (self._token, "snap", s.out_pos)
             if key not in self._ctx.cache:
                 decoder, held = s.decoder.checkpoint()
