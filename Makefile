@@ -5,6 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install test demo demo-stop bench soak clean
 
@@ -27,7 +28,8 @@ demo-stop:
 	$(PY) scripts/demo.py stop
 
 bench: install
-	$(PY) scripts/bench.py
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 soak: install
 	$(PY) scripts/soak.py

@@ -48,6 +48,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -642,6 +643,8 @@ class Bench:
         with system.fresh(MANY_ZIP) as m:
             self.cold()
             warm_server_s = _run_timed(["ls", "-lR", str(m.archive_dir)], self.timeout)
+        if self.args.profile:  # apart from the timed runs: the profiler slows the daemon down
+            self.profile_ls(system)
         files = sum(1 for line in out.open(errors="replace") if line.startswith("-"))
         # storagefs lists an archive when it is first used; ratarmount indexes it before it
         # mounts, so its time to mount is part of its cold listing.
@@ -651,6 +654,45 @@ class Bench:
                 "expected_files": self.facts[MANY_ZIP]["members"], "memory": memory,
                 "traffic": moved, "again_same_mount_s": again_s,
                 "fresh_mount_warm_server_s": warm_server_s}
+
+    def profile_ls(self, system) -> None:
+        """py-spy on the daemon (samples holding the GIL) during ``ls -lR`` on a fresh mount
+        (server warm): raw stacks and the top functions in ``--profile`` DIR."""
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not os.path.exists(spy):
+            print("  --profile: py-spy is not installed (pip install -e '.[bench]')",
+                  file=sys.stderr)
+            return
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        raw = self.args.profile / f"ls-{system.name}.txt"
+        with system.fresh(MANY_ZIP) as m:
+            self.cold()
+            recorder = subprocess.Popen([spy, "record", "-p", str(m.pid), "-o", str(raw),
+                                         "--format", "raw", "--gil", "-r", "500"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+            _run_timed(["ls", "-lR", str(m.archive_dir)], self.timeout)
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait(60)
+        own: dict[str, int] = {}
+        within: dict[str, int] = {}
+        total = 0
+        for line in raw.open(errors="replace"):
+            stack, _, count = line.rstrip().rpartition(" ")
+            frames = [f for f in stack.split(";") if f and not f.startswith(("thread", "process"))]
+            if not frames or not count.isdigit():
+                continue
+            total += int(count)
+            own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+            for frame in set(frames):
+                within[frame] = within.get(frame, 0) + int(count)
+        lines = [f"{total} samples holding the GIL; own time, then time within"]
+        for table in (own, within):
+            for frame, count in sorted(table.items(), key=lambda kv: -kv[1])[:25]:
+                lines.append(f"{100 * count / max(total, 1):5.1f}%  {frame}")
+            lines.append("")
+        (self.args.profile / f"ls-{system.name}-top.txt").write_text("\n".join(lines))
+        print(f"  profile of ls -lR: {self.args.profile / f'ls-{system.name}-top.txt'}")
 
     def row_parallel(self, system) -> dict:
         members = [f"members/m{i}.log" for i in range(8)]
@@ -785,12 +827,13 @@ def render(results: dict[str, dict], sizes: Sizes, rows: list[str]) -> tuple[str
             if line.check is not None and value is None:
                 entry["pass"] = False
             table.append(entry)
-    widths = [4, max(len(e["what"]) for e in table) + 2 if table else 10, 18, 18, 12, 6]
+    shown = [line for row in rows for line in lines(sizes)[row]]
+    widths = [4, max((len(line.what) for line in shown), default=8) + 2, 18, 18, 12, 6]
     head = ["row", "what", "storagefs", systems[1] if len(systems) > 1 else "", "target", "pass"]
     out = ["".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
            "-" * (sum(widths) - 2)]
     current = ""
-    for entry, line in zip(table, [ln for row in rows for ln in lines(sizes)[row]]):
+    for entry, line in zip(table, shown):
         cells = [entry["row"] if entry["row"] != current else "", line.what]
         current = entry["row"]
         for name in systems[:2]:
@@ -848,6 +891,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", choices=("ratarmount", "none"), default="ratarmount",
                         help="the second column (default: ratarmount, installed on first use)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="also record the daemon with py-spy during an extra ls -lR "
+                             "(row 4) and write its top functions to DIR")
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if any(r not in _NEEDS for r in rows):
