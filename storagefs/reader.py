@@ -121,6 +121,7 @@ class ReadContext:
         self.decode_pool, self.fetch_pool = _pools(decode_workers, fetch_workers)
         self._states: LRUCache = LRUCache(4096)
         self.queued = 0  # decode jobs submitted and not started: running ones yield to them
+        self.open_readers = 0
         self._lock = threading.Lock()
 
     def state(self, key: Hashable | None, make: Callable[[], "_MemberState"]) -> "_MemberState":
@@ -142,6 +143,13 @@ class ReadContext:
     def started(self) -> None:
         with self._lock:
             self.queued -= 1
+
+    def ahead_limit(self) -> int:
+        """Read-ahead one open file may use now: a fair share of what the budget has left,
+        so that blocks decoded ahead are still there when their reader gets to them."""
+        cache = self.cache
+        share = (cache.capacity - cache.reserved) // (2 * max(1, self.open_readers))
+        return max(BLOCK, min(self.read_ahead, share))
 
     def stats(self) -> dict:
         return self.cache.stats()
@@ -211,6 +219,7 @@ class _MemberState:
         self.crc_pos = 0
         self.crc = 0
         self.verified = False  # CRC-32 (or size, when no CRC is known) checked at the end
+        self.no_fast = False  # a block was needed again after a pass without snapshots
         self.error: CorruptArchive | None = None
 
     def fail(self, error: CorruptArchive) -> None:
@@ -311,6 +320,8 @@ class _Stream:
         self.in_given = in_pos  # compressed bytes given to the decoder (member offsets)
         self.feed = feed
         self.depth = 0  # read-ahead depth the reader wants; the job applies it
+        # Whether the decoder leaves snapshots (stored data needs none: it maps directly).
+        self.decoder_can_copy = decoder is None or decoder.can_copy
         self._piece = memoryview(b"")
         self.hint = 0  # compressed bytes expected for the first request
 
@@ -378,6 +389,8 @@ class _BlockReader:
         self._cur: tuple[int, bytes] = (-1, b"")
         self._closed = False
         self.restarts = 0  # streams started, for tests and debugging
+        with ctx._lock:
+            ctx.open_readers += 1
         self.decoded = 0  # bytes decoded (or copied, stored data) by this reader's jobs
 
     # -- the surface ---------------------------------------------------------------------------
@@ -392,6 +405,8 @@ class _BlockReader:
         if self._whole and not self._state.verified:
             self._check_whole()
         ahead = self._ra.note(offset, end)
+        if ahead:
+            ahead = min(ahead, self._ctx.ahead_limit())
         size = self._block
         first, last = offset // size, (end - 1) // size
         if first == last:
@@ -409,6 +424,10 @@ class _BlockReader:
 
     def close(self) -> None:
         with self._cond:
+            if self._closed:
+                return
+            with self._ctx._lock:
+                self._ctx.open_readers -= 1
             if self._holding > 0:
                 self._ctx.cache.release(self._holding)
             self._holding = -1
@@ -474,6 +493,10 @@ class _BlockReader:
                 if self._closed:
                     raise ValueError(f"{self.name}: read after close")
                 s = self._stream
+                if s is not None and s.out_pos > start and not s.decoder_can_copy:
+                    # Decoded and gone already: from now on this member is decoded with
+                    # snapshots, so that this costs an interval at most the next time.
+                    self._state.no_fast = True
                 if self._running:
                     if s is not None and s.out_pos <= start and self._reaches(s, start):
                         self._target = max(self._target, want)
@@ -564,7 +587,8 @@ class _BlockReader:
                     continue
                 decoder, in_pos = snap
                 return self._new_stream(decoder.copy(), offset, in_pos)
-        if sequential and self.method == protocol.DEFLATED and _FastInflater.available:
+        if sequential and self.method == protocol.DEFLATED and _FastInflater.available and \
+                not self._state.no_fast:
             return self._new_stream(_FastInflater(), 0, 0)
         return self._new_stream(codecs.make_decoder(self.method), 0, 0)
 
