@@ -546,3 +546,7 @@ def test_memory_stays_in_the_budget_with_many_readers(tmp_path):
     assert not errors
     stats = context.cache.stats()
     assert stats["peak"] <= 4 * MiB and stats["used"] <= 4 * MiB
+    decoded = sum(r.decoded for r in readers)
+    print("decoded / size:", decoded / sum(len(d) for d in files.values()))
+    # Read-ahead shrinks to fit: blocks are not decoded again and again.
+    assert decoded <= 1.5 * sum(len(d) for d in files.values())
