@@ -104,6 +104,13 @@ class BlockCache:
             self._evict()
             return True
 
+    def demote(self, key: Hashable) -> None:
+        """Make ``key`` the first to go (a block a sequential reader has gone past: the blocks
+        decoded ahead of readers are worth more than those behind them)."""
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key, last=False)
+
     def discard(self, key: Hashable) -> None:
         with self._lock:
             self._pop(key)

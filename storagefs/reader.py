@@ -91,10 +91,10 @@ _INPUT_PIECE = 1 * MiB
 _MAX_IDLE_STEPS = 64
 _JOB_BLOCKS = 8  # blocks one job decodes before it yields its worker (fairness across files)
 _DECODER_NICE = -10
-# Memory a running decode job uses that no entry counts: its input piece and zlib's unconsumed
-# tail, zlib's output pieces and their join, and what the allocator keeps around them. Measured
-# with eight members decoded at once: about 10 MiB beyond the cache per running job.
-_JOB_MEMORY = 8 * MiB
+# Memory a running decode job uses that no entry counts: its input piece and the inflater's
+# unconsumed input, output pieces and their join, and what the allocator keeps around them.
+# With eight 64 MiB members read at once and a 256 MiB budget the daemon peaked at 280 MB.
+_JOB_MEMORY = 4 * MiB
 _RECENT = 2  # blocks a reader keeps besides the cache: progress even when the cache is tiny
 
 
@@ -452,6 +452,8 @@ class _BlockReader:
             self._state.advance(index * self._block, block, self._cached)
         self._cur = (index, block)
         if ahead:
+            if index >= 2:  # two back: the kernel may still ask for the one just before
+                self._ctx.cache.demote((self._token, index - 2))
             self._keep_ahead(index, ahead)
         return block
 
