@@ -31,6 +31,16 @@ def test_block_cache_evicts_least_recently_used_within_its_budget():
     assert cache.used == 2 * KiB + 2 * KiB + 3 * KiB + 1 * KiB
 
 
+def test_demoted_blocks_go_first():
+    cache = BlockCache(4 * KiB)
+    for i in range(4):
+        cache.put(i, bytes(KiB))
+    cache.demote(3)  # a block a sequential reader went past
+    cache.put(4, bytes(KiB))
+    assert 3 not in cache and all(i in cache for i in (0, 1, 2, 4))
+    cache.demote("missing")  # nothing to do
+
+
 def test_kept_entries_have_their_share_and_go_after_blocks():
     cache = BlockCache(100 * KiB, keep_share=0.2)
     for i in range(3):
