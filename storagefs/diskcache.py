@@ -158,22 +158,33 @@ class DiskCache:
         return part[2]
 
     def _load(self, folder: Path, index: int, lo: int, hi: int) -> bytes | None:
-        """Bytes ``[lo, hi)`` (object offsets, within granule ``index``) if cached."""
+        """Bytes ``[lo, hi)`` (object offsets, within granule ``index``) if cached, from one
+        part or from parts that follow one another (written apart by concurrent fetches)."""
         base = index * self.granule
         a, b = lo - base, hi - base
         with self._lock:
-            found = next(((p_lo, p_hi, path) for p_lo, p_hi, path
-                          in self._parts.get((str(folder), index), ())
-                          if p_lo <= a and b <= p_hi), None)
-        if found is None:
+            parts = sorted(self._parts.get((str(folder), index), ()))
+        chain = []
+        at = a
+        for p_lo, p_hi, path in parts:
+            if p_lo <= at < p_hi:
+                chain.append((p_lo, p_hi, path))
+                at = p_hi
+                if at >= b:
+                    break
+        if at < b:
             return None
-        p_lo, p_hi, path = found
-        data = self._open(path, p_lo, p_hi)
-        if data is None:
-            return None
+        pieces = []
+        at = a
+        for p_lo, p_hi, path in chain:
+            data = self._open(path, p_lo, p_hi)
+            if data is None:
+                return None
+            pieces.append(data[at - p_lo:min(b, p_hi) - p_lo])
+            at = min(b, p_hi)
+            self._used(path, Path(path))
         self.hits += b - a
-        self._used(path, Path(path))
-        return data[a - p_lo:b - p_lo]
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _store(self, folder: Path, index: int, lo: int, data: bytes) -> None:
         """Keep ``data`` at object offset ``lo`` in granule ``index``, as one part with the
