@@ -141,8 +141,9 @@ def test_disk_cache_fetches_only_the_missing_parts(tmp_path):
 
 def test_disk_cache_serves_a_range_from_parts_written_apart(tmp_path):
     # Two mounts (or two fetches at once) each wrote a part without seeing the other's.
-    DiskCache(tmp_path, 64 * MiB).wrap(Source(DATA), ID)(0, 1000)
-    DiskCache(tmp_path, 64 * MiB).wrap(Source(DATA), ID)(1000, 5000)
+    first, second = DiskCache(tmp_path, 64 * MiB), DiskCache(tmp_path, 64 * MiB)
+    first.wrap(Source(DATA), ID)(0, 1000)
+    second.wrap(Source(DATA), ID)(1000, 5000)
     assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 2
     source = Source(DATA)
     assert DiskCache(tmp_path, 64 * MiB).wrap(source, ID)(10, 4000) == DATA[10:4000]
