@@ -487,7 +487,14 @@ def test_range_feed_fetches_ahead_in_growing_ranges_never_past_its_end():
     assert max(sizes) <= 4 * MiB
     assert max(end for _, end in source.calls) == 9_000_000
     assert budget.reserved == 0, "every buffer in flight was given back"
-    pool.shutdown()
+    other = RangeFeed(source, 0, 9_000_000, pool=pool, budget=budget)
+    other.set_depth(3)
+    other.next()
+    other.skip_to(500 * KiB)
+    other.next()
+    other.close()  # with ranges in flight
+    pool.shutdown(wait=True)
+    assert budget.reserved == 0
 
 
 def test_range_feed_skip_keeps_what_was_fetched():
