@@ -78,6 +78,27 @@ def test_operations_stat_and_listing(ops):
     assert fs["f_bavail"] == 0 and fs["f_blocks"] >= 1
 
 
+def test_lean_getattr_fills_the_stat_as_fusepy_would(ops):
+    import ctypes
+
+    from fuse import FUSE, c_stat
+    from storagefs.mount import _FUSE
+
+    operations, _ = ops
+    for path in ("/", "/f", "/f/x.zip", "/f/x.zip/a", "/f/x.zip/c.txt", "/f/plain.txt"):
+        filled = []
+        for cls in (FUSE, _FUSE):
+            binding = object.__new__(cls)  # no mount: only what getattr reads
+            binding.operations, binding.encoding, binding.raw_fi, binding.use_ns = \
+                operations, "utf-8", False, True
+            buf = ctypes.pointer(c_stat())  # zeroed, as libfuse hands it over
+            assert cls.getattr(binding, path.encode(), buf) == 0
+            filled.append(bytes(buf.contents))
+        assert filled[0] == filled[1], path
+    # No xattr callbacks: libfuse answers ENOSYS and the kernel stops asking.
+    assert operations.getxattr is None and operations.listxattr is None
+
+
 def test_operations_errors_become_errno(ops, monkeypatch):
     operations, storage = ops
     assert fuse_errno(lambda: operations("getattr", "/nope", None)) == errno.ENOENT

@@ -171,6 +171,26 @@ def test_missing_paths_and_wrong_kinds(storage_files):
         vfs.open("/task1/output.zip")
 
 
+def test_paths_inside_an_archive(storage_files):
+    """One lookup in the archive's tree, whatever the depth; entries made once per version."""
+    vfs, storage = make_vfs(storage_files)
+    member = vfs.lookup("/task1/output.zip/artifacts/stdout.txt")
+    assert vfs.lookup("/task1/output.zip/artifacts/stdout.txt") is member
+    assert vfs.lookup("//task1/output.zip//artifacts/stdout.txt/") is member  # as FUSE never sends
+    assert member in vfs.list("/task1/output.zip/artifacts")
+    with pytest.raises(NotADirectory):
+        vfs.lookup("/task1/output.zip/artifacts/stdout.txt/x")
+    with pytest.raises(NotADirectory):
+        vfs.lookup("/task1/output.zip/artifacts/stdout.txt/x/y")
+    with pytest.raises(NotADirectory):
+        vfs.list("/task1/output.zip/artifacts/stdout.txt")
+    with pytest.raises(NotFound):
+        vfs.lookup("/task1/output.zip/nope/stdout.txt")
+    sub = vfs.lookup("/task1/output.zip/artifacts/sub")
+    assert sub.kind == MEMBER_DIR and sub.mtime is not None and sub.inner == "artifacts/sub"
+    assert storage.count("zip") == 1
+
+
 def test_listings_are_per_folder_and_cached(storage_files):
     vfs, storage = make_vfs(storage_files)
     vfs.list("/")
