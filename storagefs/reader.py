@@ -15,7 +15,9 @@ worker of the decode pool, one job per open file at a time, so that the FUSE thr
 as soon as its block is ready while the worker goes on decoding the read-ahead window
 (``prefetch.ReadAhead``: grows while reads are sequential, 0 after a seek) and the next
 compressed ranges are already on their way (``prefetch.RangeFeed``): network, inflating and
-FUSE copies overlap.
+FUSE copies overlap. Each open file's read-ahead is at most a fair share of what the budget
+has left, and blocks a sequential reader has gone past are the first evicted, so blocks
+decoded ahead are still there when their reader gets to them, however many files are read.
 
 Where decoding starts (random access)
 -------------------------------------
@@ -26,6 +28,11 @@ Where decoding starts (random access)
   the current stream starts from the nearest snapshot before it, so it inflates at most one
   interval (CPython has no ``inflatePrime``, so zran's bit-exact index is out of reach, but a
   copy taken at a byte boundary of the *input* needs none).
+- A sequential pass from a deflate member's start inflates with zlib-ng's
+  ``_ZlibDecompressor`` when it is there (``_FastInflater``: markedly faster, but it cannot be
+  copied), so it leaves no snapshots; the first random read after it decodes from the start
+  with ``decompressobj`` and lays them on its way. A member whose blocks were needed again
+  after such a pass is decoded with snapshots from then on.
 - Deflate64, bzip2, LZMA, xz and zstd cannot be copied: a read ahead of the open file's stream
   decodes through, a read behind it restarts from the member's start; decoded blocks stay in
   the cache, so going back over recent data costs nothing.
@@ -35,8 +42,8 @@ What is verified (CRC-32 and size)
 - Structure: any stream that reaches the member's end checks that the data ends there (no
   output beyond the recorded size, the compressed stream complete). The block holding the end
   is cached and returned only after that check.
-- CRC-32 is computed incrementally over blocks taken in order from offset 0 (by this handle
-  or any other, decoded or found in the cache). When that running CRC reaches the member's
+- CRC-32 is computed incrementally over blocks in order from offset 0: by the decode job as
+  it makes them, and by readers over blocks found in the cache (any handle of the member). When that running CRC reaches the member's
   end it is compared with the expected one, *before* the last block is returned. A mismatch
   (or any corrupt-data error) marks the member bad for every handle, so no further byte of it
   is returned, even from the cache.
