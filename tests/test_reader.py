@@ -557,3 +557,23 @@ def test_memory_stays_in_the_budget_with_many_readers(tmp_path):
     print("decoded / size:", decoded / sum(len(d) for d in files.values()))
     # Read-ahead shrinks to fit: blocks are not decoded again and again.
     assert decoded <= 1.5 * sum(len(d) for d in files.values())
+
+
+def test_zlib_ng_is_used_when_installed_and_its_inflater_copies():
+    from storagefs import codecs
+
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:
+        pytest.skip("python-zlib-ng is not installed (storagefs[speed])")
+    assert codecs.fast_zlib is zlib_ng
+    raw = zlib.compressobj(6, zlib.DEFLATED, -15)
+    data = text_bytes(3, 300_000)
+    stream = raw.compress(data) + raw.flush()
+    decoder = codecs.make_decoder(protocol.DEFLATED)
+    head = decoder.decompress(stream[:20_000], 100_000)
+    twin, held = decoder.checkpoint()
+    rest = decoder.decompress(b"", -1) + decoder.decompress(stream[20_000:]) + decoder.flush()
+    given = 20_000 - held
+    again = twin.decompress(stream[given:]) + twin.flush()
+    assert head + rest == data and again == rest
