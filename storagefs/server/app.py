@@ -29,7 +29,7 @@ from .operations import Operations
 from .remote import check_outbound_url, export_multipart, fetch_into
 from .signing import OBJECT_PREFIX, Signer
 from .store import Entry, LocalStore
-from .zipindex import IndexCache, Member, ZipIndex, data_offset, data_offsets
+from .zipindex import IndexCache, Member, ZipIndex, data_offset, data_offsets, gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,9 @@ class StorageService:
             starts = data_offsets(handle, [m for _, m in items if m is not None], index.size)
         starts.reverse()  # popped in listing order below
         times: dict[tuple, str | None] = {}  # DOS times have a 2 s step: many members share one
-        entries = [_zip_entry(name, member, None if member is None else starts.pop(), times)
-                   for name, member in items]
+        with gc_paused():
+            entries = [_zip_entry(name, member, None if member is None else starts.pop(), times)
+                       for name, member in items]
         return {"size": index.size, "contents": entries}
 
     def zip_range(self, path: str, filename: str, zip_relative_path: str) -> protocol.ZipRange:

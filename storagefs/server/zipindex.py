@@ -34,7 +34,9 @@ Decisions on names (the server returns names; the mount sanitizes what it shows)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import gc
 import io
 import mmap
 import os
@@ -45,7 +47,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from storagefs.errors import CorruptArchive, InvalidRequest, NotFound, TooLarge
 from storagefs.protocol import zip_dir_prefix
@@ -244,8 +246,23 @@ def read_index(f: BinaryIO, size: int, *, max_entries: int, max_cd_bytes: int) -
             f"central directory is {tail.cd_size} bytes, more than the limit of {max_cd_bytes}")
     start = tail.cd_offset + tail.shift
     data = _read_at(f, start, tail.cd_size, "central directory")
-    members = _parse_cd(data, tail, size, max_entries)
-    return ZipIndex(size, members)
+    with gc_paused():
+        members = _parse_cd(data, tail, size, max_entries)
+        return ZipIndex(size, members)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a large structure without cycles is built: with 1e5
+    new containers CPython would otherwise traverse everything alive several times (a quarter
+    of the time of indexing 1e5 members). Nested or concurrent uses leave it enabled at the end."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _read_at(f: BinaryIO, offset: int, length: int, what: str) -> bytes:
