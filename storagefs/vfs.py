@@ -28,8 +28,10 @@ What the tree shows:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
+import gc
 import itertools
 import logging
 import re
@@ -436,7 +438,8 @@ class VFS:
             except (InvalidRequest, TooLarge) as exc:  # the server could not read the archive
                 raise CorruptArchive(f"{entry.path}: cannot list the archive: {exc} "
                                      "(--zip-as file shows it as a file)") from None
-            tree = ArchiveTree(listing, "/" + entry.object_path)
+            with _gc_paused():  # 1e5 members: see _gc_paused
+                tree = ArchiveTree(listing, "/" + entry.object_path)
             with self._lock:
                 self._trees[key] = tree
                 if len(self._trees) > self._max_trees:
@@ -497,6 +500,20 @@ class VFS:
 
 
 _FOLDERS_KEPT = 1024
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a tree (no cycles) of 1e5 members is built: CPython
+    would otherwise traverse everything alive several times. Nested or concurrent uses leave
+    it enabled at the end."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Folder:
