@@ -110,10 +110,17 @@ def configs_from_args(args: argparse.Namespace) -> tuple[MountConfig, ClientConf
         debug=debug,
     )
     client = ClientConfig.from_env(api_url=args.api_url, api_key=args.api_key, region=args.region)
-    # A mount should answer or fail within a minute, not retry for several.
-    client = dataclasses.replace(client, read_timeout_s=min(client.read_timeout_s, 30.0),
-                                 retries=min(client.retries, 3))
-    return mount, client
+    return mount, patient_enough(client)
+
+
+def patient_enough(client: ClientConfig) -> ClientConfig:
+    """A process reading a file waits on the mount: fail within a minute, not after several.
+
+    A stalled read costs the read timeout twice (one retry) and the kernel asks twice, so the
+    cap of 15 s bounds a read on a silent server near 60 s; a config file may set less.
+    """
+    return dataclasses.replace(client, read_timeout_s=min(client.read_timeout_s, 15.0),
+                               retries=min(client.retries, 3))
 
 
 def child_argv(mount: MountConfig, client: ClientConfig) -> list[str]:
@@ -547,9 +554,7 @@ def mount_helper(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     client = ClientConfig.from_env(api_url=api_url, api_key=api_key,
                                    region=ours.get("region") or None)
-    client = dataclasses.replace(client, read_timeout_s=min(client.read_timeout_s, 30.0),
-                                 retries=min(client.retries, 3))
-    return run(mount, client)
+    return run(mount, patient_enough(client))
 
 
 if __name__ == "__main__":

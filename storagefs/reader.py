@@ -97,7 +97,6 @@ INTERVAL = 4 * MiB  # deflate output between two snapshots: at most this is re-i
 _INPUT_PIECE = 1 * MiB
 _MAX_IDLE_STEPS = 64
 _JOB_BLOCKS = 8  # blocks one job decodes before it yields its worker (fairness across files)
-_DECODER_NICE = -10
 # Memory a running decode job uses that no entry counts: its input piece and the inflater's
 # unconsumed input, output pieces and their join, and what the allocator keeps around them.
 # With eight 64 MiB members read at once and a 256 MiB budget the daemon peaked at 280 MB.
@@ -176,22 +175,9 @@ def _pools(decode_workers: int, fetch_workers: int) -> tuple[ThreadPoolExecutor,
     with _pool_lock:
         key = (decode_workers, fetch_workers)
         if key not in _pool_table:
-            _pool_table[key] = (ThreadPoolExecutor(decode_workers, "storagefs-decode",
-                                                   initializer=_decoder_priority),
+            _pool_table[key] = (ThreadPoolExecutor(decode_workers, "storagefs-decode"),
                                 ThreadPoolExecutor(fetch_workers, "storagefs-fetch"))
         return _pool_table[key]
-
-
-def _decoder_priority() -> None:
-    """Decode workers run at a higher priority when the process may give it (root).
-
-    Inflating a deflate stream is serial and is what a sequential reader waits for; on a busy
-    machine (two cores shared by the FUSE threads, the transfers, the reader itself) it was
-    preempted often enough to cost ~10% of ``cat``'s throughput. Elsewhere a no-op."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _DECODER_NICE)
-    except (OSError, AttributeError):
-        pass
 
 
 _default: ReadContext | None = None
