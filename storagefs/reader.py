@@ -71,7 +71,6 @@ import bisect
 import itertools
 import logging
 import os
-import struct
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -79,7 +78,7 @@ from typing import Callable, Hashable
 
 from cachetools import LRUCache
 
-from . import codecs, protocol
+from . import codecs, protocol, ziplocal
 from .blockcache import SNAPSHOT_COST, BlockCache, one_malloc_arena
 from .errors import CorruptArchive
 from .prefetch import DEPTH, ReadAhead, RangeFeed
@@ -769,15 +768,6 @@ class RangeReader(_BlockReader):
 
 # -- the CRC-32 of a member, from the archive itself ------------------------------------------
 
-# APPNOTE 4.3.7 local file header: signature, version (2), flags (2), method (2), time (2),
-# date (2), CRC-32 (4), compressed size (4), uncompressed size (4), name length (2), extra (2).
-_LFH = struct.Struct("<4s5H3L2H")
-_LFH_SIG = b"PK\x03\x04"
-_DD_SIG = b"PK\x07\x08"  # 4.3.9.3: the data descriptor's optional signature
-_FLAG_DESCRIPTOR = 0x08
-_HEADER_MAX = _LFH.size + 2 * 0xFFFF  # name and extra field are at most 64 KiB each
-
-
 def archive_crc(fetch: Fetch, data_start: int, compressed_size: int) -> int | None:
     """The CRC-32 recorded for the member whose compressed data starts at ``data_start``.
 
@@ -790,29 +780,17 @@ def archive_crc(fetch: Fetch, data_start: int, compressed_size: int) -> int | No
     header = _find_local_header(fetch, data_start)
     if header is None:
         return None
-    flags, crc = header[2], header[6]
-    if not flags & _FLAG_DESCRIPTOR:
-        return crc
+    if not header.crc_in_descriptor:
+        return header.crc32
     after = data_start + compressed_size
-    descriptor = fetch(after, after + 8)
-    if len(descriptor) < 8:
-        return None
-    if descriptor[:4] == _DD_SIG:
-        return struct.unpack_from("<L", descriptor, 4)[0]
-    return struct.unpack_from("<L", descriptor, 0)[0]
+    return ziplocal.descriptor_crc(fetch(after, after + 8))
 
 
-def _find_local_header(fetch: Fetch, data_start: int) -> tuple | None:
-    for span in (4096, _HEADER_MAX):
+def _find_local_header(fetch: Fetch, data_start: int) -> ziplocal.LocalHeader | None:
+    """Look 4 KiB back first (names and extras are short), then as far as a header can span."""
+    for span in (4096, ziplocal.LOCAL_HEADER_MAX):
         begin = max(0, data_start - span)
-        before = fetch(begin, data_start)
-        pos = before.rfind(_LFH_SIG)
-        while pos >= 0:
-            if pos + _LFH.size <= len(before):
-                fields = _LFH.unpack_from(before, pos)
-                if pos + _LFH.size + fields[9] + fields[10] == len(before):
-                    return fields
-            pos = before.rfind(_LFH_SIG, 0, pos)
-        if begin == 0:
-            return None
+        header = ziplocal.header_ending_at(fetch(begin, data_start))
+        if header is not None or begin == 0:
+            return header
     return None
