@@ -294,11 +294,13 @@ def mount_args(server, mountpoint: Path, log: Path, *extra: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def foreground_mount(server, mountpoint: Path, log: Path, *extra: str):
+def foreground_mount(server, mountpoint: Path, log: Path, *extra: str, env: dict | None = None):
+    """A foreground mount (unmounted, and its process gone, afterwards); ``server`` needs only
+    ``url`` and ``api_key``."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen([sys.executable, "-m", "storagefs",
                                 *mount_args(server, mountpoint, log, *extra), "--foreground"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         wait_mounted(mountpoint, process)
         yield process

@@ -25,13 +25,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from archives import build_pyzip, mixed_bytes, text_bytes
 from conftest import free_port, require_fuse, start_server
 from faultproxy import FaultProxy
-from test_mount import assert_clean_log, force_unmount, wait_mounted
+from test_mount import assert_clean_log, force_unmount, foreground_mount
 
 MiB = 1 << 20
 OBJECTS = "^/-/"
@@ -68,25 +69,11 @@ def stuck_threads(pid: int, samples: int = 5) -> set[str]:
     return stuck or set()
 
 
-@contextlib.contextmanager
 def mounted(url: str, key: str, mountpoint: Path, log: Path, config: Path, *extra: str):
-    """A foreground mount of ``url`` (unmounted, and its process gone, afterwards)."""
-    mountpoint.mkdir(parents=True, exist_ok=True)
+    """A foreground mount of ``url`` with the timeouts of ``config``."""
     env = {**os.environ, "STORAGEFS_CONFIG": str(config)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "storagefs", "mount", str(mountpoint), "--api-url", url,
-         "--api-key", key, "--log-file", str(log), "--foreground", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        wait_mounted(mountpoint, process)
-        yield process
-    finally:
-        force_unmount(mountpoint)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+    return foreground_mount(SimpleNamespace(url=url, api_key=key), mountpoint, log, *extra,
+                            env=env)
 
 
 class Timed:
