@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_serve(subparsers)
-    from .mountcli import add_commands as add_mount_commands  # mount, umount
+    from .mount.command import add_commands as add_mount_commands  # mount, umount
     add_mount_commands(subparsers)
-    from .storage_cli import add_commands  # ls, download, upload, rm, cp, zip-ls, size, export
+    from .storage.cli import add_commands  # ls, download, upload, rm, cp, zip-ls, size, export
     add_commands(subparsers)
     return parser
 

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from storagefs.blockcache import BlockCache
-from storagefs.diskcache import GRANULE, DiskCache
+from storagefs.mount.read.blockcache import BlockCache
+from storagefs.mount.read.diskcache import GRANULE, DiskCache
 
 KiB, MiB = 1 << 10, 1 << 20
 

@@ -15,7 +15,8 @@ import zlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from storagefs import codecs, protocol
+from storagefs import protocol
+from storagefs.zipfmt import codecs
 from storagefs.errors import CorruptArchive, UnsupportedMethod
 
 PAYLOAD = (b"time step 42: pressure 1.0132e5 velocity 3.2 \n" * 3000

@@ -29,13 +29,14 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storagefs import codecs, protocol
-from storagefs.cache import CachedBackend
+from storagefs import protocol
+from storagefs.zipfmt import codecs
+from storagefs.mount.backend import CachedBackend
 from storagefs.client import StorageClient
 from storagefs.config import ClientConfig
 from storagefs.errors import StorageError
-from storagefs.reader import MemberReader
-from storagefs.vfs import VFS, ClientBackend
+from storagefs.mount.read.reader import MemberReader
+from storagefs.mount.vfs import VFS, ClientBackend
 
 from archives import RawEntry, mixed_bytes, text_bytes, write_raw_zip
 from conftest import require_fuse

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from storagefs import protocol
-from storagefs.cache import CachedBackend
+from storagefs.mount.backend import CachedBackend
 from storagefs.errors import CorruptArchive
-from storagefs.vfs import VFS
+from storagefs.mount.vfs import VFS
 
 from archives import (MissingTool, RawEntry, build_7zz, build_legacy_names, build_pyzip,
                       build_stream_zip, build_zip_cli, mixed_bytes, sample_files, text_bytes,
@@ -46,7 +46,7 @@ MiB = 1 << 20
 @pytest.fixture
 def ops(tmp_path):
     pytest.importorskip("fuse", exc_type=OSError)
-    from storagefs.mount import StorageOperations
+    from storagefs.mount.fuseops import StorageOperations
 
     archive, _ = build_pyzip(tmp_path, {"a/b.txt": b"hello\n", "c.txt": b"x" * 5000}, "deflate")
     storage = FakeStorage({"f/x.zip": archive.read_bytes(), "f/plain.txt": b"plain\n"})
@@ -82,7 +82,7 @@ def test_lean_getattr_fills_the_stat_as_fusepy_would(ops):
     import ctypes
 
     from fuse import FUSE, c_stat
-    from storagefs.mount import _FUSE
+    from storagefs.mount.fuseops import _FUSE
 
     operations, _ = ops
     for path in ("/", "/f", "/f/x.zip", "/f/x.zip/a", "/f/x.zip/c.txt", "/f/plain.txt"):
@@ -600,7 +600,7 @@ def test_fstab_helper(server, served, tmp_path):
     key_file.write_text(server.api_key + "\n")
     options = (f"noauto,_netdev,user,api_key_file={key_file},metadata_ttl=30,"
                f"cache_size=64M,log_file={log},default_permissions")
-    result = subprocess.run([sys.executable, "-m", "storagefs.mountcli", server.url,
+    result = subprocess.run([sys.executable, "-m", "storagefs.mount.command", server.url,
                              str(mountpoint), "-o", options], capture_output=True, text=True,
                             timeout=60)
     try:
@@ -613,7 +613,7 @@ def test_fstab_helper(server, served, tmp_path):
 
 
 def test_missing_fuse_is_reported(monkeypatch, capsys, tmp_path):
-    from storagefs import mountcli
+    from storagefs.mount import command as mountcli
 
     real_exists = os.path.exists
     monkeypatch.setattr(mountcli.os.path, "exists",
@@ -647,7 +647,7 @@ def test_server_going_away_gives_errors_not_hangs(tmp_path, make_server):
 def test_logs_never_hold_url_signatures():
     import logging
 
-    from storagefs.mountcli import _redact_signatures
+    from storagefs.mount.command import _redact_signatures
 
     record = logging.LogRecord("urllib3", logging.DEBUG, "", 0, '%s "%s %s"', (
         "http://h", "GET", "/-/a.zip?op=download&expires=1&sig=abcdef0123"), None)

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from storagefs import protocol
-from storagefs.blockcache import BlockCache
+from storagefs.mount.read.blockcache import BlockCache
 from storagefs.errors import CorruptArchive, TransferError, UnsupportedMethod
-from storagefs.prefetch import RangeFeed, ReadAhead
-from storagefs.reader import (MemberReader, RangeReader, ReadContext, _FastInflater,
+from storagefs.mount.read.readahead import RangeFeed, ReadAhead
+from storagefs.mount.read.reader import (MemberReader, RangeReader, ReadContext, _FastInflater,
                               archive_crc)
 
 from archives import (MissingTool, RawEntry, build_7zz, build_pyzip, build_stream_zip,

@@ -18,7 +18,8 @@ import pytest
 import requests
 
 import archives
-from storagefs import codecs, storage
+from storagefs import storage
+from storagefs.zipfmt import codecs
 from storagefs.client import StorageClient
 from storagefs.config import ClientConfig
 from storagefs.errors import (CorruptArchive, InvalidRequest, NotFound, StorageError,

@@ -11,9 +11,9 @@ import zipfile
 import pytest
 
 from storagefs import protocol
-from storagefs.cache import CachedBackend, MetadataCache, SignedUrlCache, url_expiry
+from storagefs.mount.backend import CachedBackend, MetadataCache, SignedUrlCache, url_expiry
 from storagefs.errors import CorruptArchive, InvalidRequest, NotFound, PermissionDenied
-from storagefs.vfs import (ARCHIVE, FILE, FOLDER, MEMBER, MEMBER_DIR, VFS, IsADirectory,
+from storagefs.mount.vfs import (ARCHIVE, FILE, FOLDER, MEMBER, MEMBER_DIR, VFS, IsADirectory,
                            NotADirectory, safe_parts)
 
 from archives import build_pyzip, build_stream_zip, mixed_bytes, read_local_data_offset, sample_files

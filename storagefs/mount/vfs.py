@@ -40,11 +40,11 @@ import time
 from collections import OrderedDict
 from typing import Callable, Hashable, Iterator, NamedTuple, Protocol
 
-from . import protocol
-from .errors import (CorruptArchive, InvalidRequest, NotFound, PermissionDenied, StorageError,
+from .. import protocol
+from ..errors import (CorruptArchive, InvalidRequest, NotFound, PermissionDenied, StorageError,
                      TooLarge)
-from .diskcache import DiskCache
-from .reader import MemberReader, RangeReader, ReadContext, archive_crc
+from .read.diskcache import DiskCache
+from .read.reader import MemberReader, RangeReader, ReadContext, archive_crc
 
 log = logging.getLogger(__name__)
 

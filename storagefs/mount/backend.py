@@ -23,8 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from cachetools import LRUCache
 
-from . import protocol
-from .errors import NotFound
+from .. import protocol
+from ..errors import NotFound
 
 log = logging.getLogger(__name__)
 

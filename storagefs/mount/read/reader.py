@@ -78,10 +78,12 @@ from typing import Callable, Hashable
 
 from cachetools import LRUCache
 
-from . import codecs, protocol, ziplocal
+from ... import protocol
+from ...zipfmt import codecs
+from ...zipfmt import local as ziplocal
 from .blockcache import SNAPSHOT_COST, BlockCache, one_malloc_arena
-from .errors import CorruptArchive
-from .prefetch import DEPTH, ReadAhead, RangeFeed
+from ...errors import CorruptArchive
+from .readahead import DEPTH, ReadAhead, RangeFeed
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, List, Literal, Optional, Tuple
 
-from . import codecs, protocol, ziplocal
-from .client import StorageClient
-from .config import ClientConfig
-from .errors import (AuthenticationError, CorruptArchive, InvalidRequest, NotFound,
+from .. import protocol
+from ..zipfmt import codecs
+from ..zipfmt import local as ziplocal
+from ..client import StorageClient
+from ..config import ClientConfig
+from ..errors import (AuthenticationError, CorruptArchive, InvalidRequest, NotFound,
                      PermissionDenied, ServerError, StorageError, TransferError,
                      UnsupportedMethod)
 

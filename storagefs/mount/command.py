@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .config import API_KEY_ENV, API_URL_ENV, ClientConfig
-from .errors import AuthenticationError, PermissionDenied, StorageError, TransferError
-from .mountconfig import ZIP_AS, MountConfig, parse_size
+from ..config import API_KEY_ENV, API_URL_ENV, ClientConfig
+from ..errors import AuthenticationError, PermissionDenied, StorageError, TransferError
+from .config import ZIP_AS, MountConfig, parse_size
 
 log = logging.getLogger("storagefs.mount")
 
@@ -234,7 +234,7 @@ def run(mount: MountConfig, client_config: ClientConfig,
         make_client: Callable[[ClientConfig], object] | None = None) -> int:
     """Mount (see the module notes); returns the exit code. ``make_client`` is injectable."""
     if make_client is None:
-        from .client import StorageClient as make_client
+        from ..client import StorageClient as make_client
     if not mount.debug:  # retries are logged by urllib3; the outcome is what the user needs
         logging.getLogger("urllib3").setLevel(logging.ERROR)
     # Checking the server fails fast; the mount itself keeps the configured retries.
@@ -259,10 +259,10 @@ def run(mount: MountConfig, client_config: ClientConfig,
 
 def _serve(mount: MountConfig, client) -> int:
     """The FUSE loop in this process, until unmounted or signalled."""
-    from .cache import CachedBackend
-    from .diskcache import DiskCache
-    from .mount import StorageOperations, fuse_options, serve_forever
-    from .reader import ReadContext
+    from .backend import CachedBackend
+    from .fuseops import StorageOperations, fuse_options, serve_forever
+    from .read.diskcache import DiskCache
+    from .read.reader import ReadContext
     from .vfs import VFS, ClientBackend
 
     ready_fd = _ready_fd()

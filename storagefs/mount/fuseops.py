@@ -32,7 +32,7 @@ from typing import Callable
 
 from fuse import FUSE, FuseOSError, Operations
 
-from .errors import CorruptArchive, StorageError, UnsupportedMethod
+from ..errors import CorruptArchive, StorageError, UnsupportedMethod
 from .vfs import VFS, Entry
 
 log = logging.getLogger(__name__)

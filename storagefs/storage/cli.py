@@ -11,10 +11,10 @@ import argparse
 import sys
 import textwrap
 
-from . import storage
-from .client import StorageClient
-from .config import ClientConfig
-from .errors import StorageError
+from .. import storage
+from ..client import StorageClient
+from ..config import ClientConfig
+from ..errors import StorageError
 
 EXIT_OK, EXIT_ERROR = 0, 1
 

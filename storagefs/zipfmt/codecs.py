@@ -40,8 +40,8 @@ try:  # same API as zlib (decompressobj, copy, crc32), faster; optional
 except ImportError:  # pragma: no cover - depends on the extras installed
     fast_zlib = zlib
 
-from . import protocol
-from .errors import CorruptArchive, UnsupportedMethod
+from .. import protocol
+from ..errors import CorruptArchive, UnsupportedMethod
 
 __all__ = [
     "Decoder",

@@ -31,7 +31,7 @@ from collections import deque
 from concurrent.futures import Executor, Future
 from typing import Callable
 
-from .errors import TransferError
+from ...errors import TransferError
 
 Fetch = Callable[[int, int], bytes]
 
