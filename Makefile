@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install test demo demo-stop bench soak clean
+.PHONY: install lint test demo demo-stop bench soak clean
 
 install: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): setup.cfg setup.py scripts/install-system-deps.sh
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+lint: install
+	$(PY) -m pip install --quiet -e '.[lint]'
+	$(VENV)/bin/flake8 storagefs tests scripts
+	$(VENV)/bin/mypy
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
