@@ -11,9 +11,8 @@ from pathlib import Path
 
 from . import __version__
 from .config import ServerConfig
-from .errors import StorageError
+from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, StorageError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")  # what the official client accepts
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import errno as _errno
 
+# The exit status of every command: success, an error (one line on stderr), a usage error.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
 
 class StorageError(OSError):
     """Root of all storagefs errors; ``str()`` is one line that says what went wrong."""
@@ -93,6 +96,20 @@ class ServerError(StorageError):
 
     errno_code = _errno.EIO
     http_status = 500
+
+
+class NotADirectory(StorageError, NotADirectoryError):
+    """A path inside the mount names a file where a folder is needed."""
+
+    errno_code = _errno.ENOTDIR
+    http_status = 400
+
+
+class IsADirectory(StorageError, IsADirectoryError):
+    """A path inside the mount names a folder where a file is needed."""
+
+    errno_code = _errno.EISDIR
+    http_status = 400
 
 
 class TransferError(StorageError, ConnectionError):

@@ -13,8 +13,8 @@ import pytest
 from storagefs import protocol
 from storagefs.mount.backend import CachedBackend, MetadataCache, SignedUrlCache, url_expiry
 from storagefs.errors import CorruptArchive, InvalidRequest, NotFound, PermissionDenied
-from storagefs.mount.vfs import (ARCHIVE, FILE, FOLDER, MEMBER, MEMBER_DIR, VFS, IsADirectory,
-                           NotADirectory, safe_parts)
+from storagefs.errors import IsADirectory, NotADirectory
+from storagefs.mount.vfs import ARCHIVE, FILE, FOLDER, MEMBER, MEMBER_DIR, VFS, safe_parts
 
 from archives import build_pyzip, build_stream_zip, mixed_bytes, read_local_data_offset, sample_files
 

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import API_KEY_ENV, API_URL_ENV, ClientConfig
-from ..errors import AuthenticationError, PermissionDenied, StorageError, TransferError
+from ..errors import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, AuthenticationError, PermissionDenied,
+                      StorageError, TransferError)
 from .config import ZIP_AS, MountConfig, parse_size
 
 log = logging.getLogger("storagefs.mount")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 READY_FD_ENV = "STORAGEFS_MOUNT_READY_FD"
 _READY = b"ready\n"
 

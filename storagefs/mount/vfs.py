@@ -28,10 +28,7 @@ What the tree shows:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import errno
-import gc
 import itertools
 import logging
 import re
@@ -41,8 +38,9 @@ from collections import OrderedDict
 from typing import Callable, Hashable, Iterator, NamedTuple, Protocol
 
 from .. import protocol
-from ..errors import (CorruptArchive, InvalidRequest, NotFound, PermissionDenied, StorageError,
-                     TooLarge)
+from ..errors import (CorruptArchive, InvalidRequest, IsADirectory, NotADirectory, NotFound,
+                      PermissionDenied, TooLarge)
+from ..gcpause import gc_paused
 from .read.diskcache import DiskCache
 from .read.reader import MemberReader, RangeReader, ReadContext, archive_crc
 
@@ -143,14 +141,6 @@ class Entry(NamedTuple):
     @property
     def is_dir(self) -> bool:
         return self.kind in (FOLDER, ARCHIVE, MEMBER_DIR)
-
-
-class NotADirectory(StorageError, NotADirectoryError):
-    errno_code = errno.ENOTDIR
-
-
-class IsADirectory(StorageError, IsADirectoryError):
-    errno_code = errno.EISDIR
 
 
 class InodeTable:
@@ -438,7 +428,7 @@ class VFS:
             except (InvalidRequest, TooLarge) as exc:  # the server could not read the archive
                 raise CorruptArchive(f"{entry.path}: cannot list the archive: {exc} "
                                      "(--zip-as file shows it as a file)") from None
-            with _gc_paused():  # 1e5 members: see _gc_paused
+            with gc_paused():  # 1e5 members: see storagefs.gcpause
                 tree = ArchiveTree(listing, "/" + entry.object_path)
             with self._lock:
                 self._trees[key] = tree
@@ -500,20 +490,6 @@ class VFS:
 
 
 _FOLDERS_KEPT = 1024
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a tree (no cycles) of 1e5 members is built: CPython
-    would otherwise traverse everything alive several times. Nested or concurrent uses leave
-    it enabled at the end."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class _Folder:

@@ -29,7 +29,8 @@ from .operations import Operations
 from .remote import check_outbound_url, export_multipart, fetch_into
 from .signing import OBJECT_PREFIX, Signer
 from .store import Entry, LocalStore
-from .zipindex import IndexCache, Member, ZipIndex, data_offset, data_offsets, gc_paused
+from ..gcpause import gc_paused
+from .zipindex import IndexCache, Member, ZipIndex, data_offset, data_offsets
 
 log = logging.getLogger(__name__)
 

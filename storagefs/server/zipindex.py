@@ -34,9 +34,7 @@ Decisions on names (the server returns names; the mount sanitizes what it shows)
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import gc
 import io
 import mmap
 import os
@@ -47,10 +45,11 @@ import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
-from storagefs.errors import CorruptArchive, InvalidRequest, NotFound, TooLarge
-from storagefs.protocol import zip_dir_prefix
+from ..gcpause import gc_paused
+from ..errors import CorruptArchive, InvalidRequest, NotFound, TooLarge
+from ..protocol import zip_dir_prefix
 
 # 4.3.16 End of central directory record, 22 bytes + comment:
 #   signature 0x06054b50, number of this disk (2), disk where the CD starts (2),
@@ -249,20 +248,6 @@ def read_index(f: BinaryIO, size: int, *, max_entries: int, max_cd_bytes: int) -
     with gc_paused():
         members = _parse_cd(data, tail, size, max_entries)
         return ZipIndex(size, members)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a large structure without cycles is built: with 1e5
-    new containers CPython would otherwise traverse everything alive several times (a quarter
-    of the time of indexing 1e5 members). Nested or concurrent uses leave it enabled at the end."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _read_at(f: BinaryIO, offset: int, length: int, what: str) -> bytes:

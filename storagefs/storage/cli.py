@@ -14,9 +14,8 @@ import textwrap
 from .. import storage
 from ..client import StorageClient
 from ..config import ClientConfig
-from ..errors import StorageError
+from ..errors import EXIT_ERROR, EXIT_OK, StorageError
 
-EXIT_OK, EXIT_ERROR = 0, 1
 
 
 def _connection_options() -> argparse.ArgumentParser:
