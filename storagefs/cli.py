@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ServerConfig
-from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, StorageError
+from .errors import EXIT_ERROR, EXIT_OK, StorageError
 
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")  # what the official client accepts
 

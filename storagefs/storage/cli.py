@@ -17,7 +17,6 @@ from ..config import ClientConfig
 from ..errors import EXIT_ERROR, EXIT_OK, StorageError
 
 
-
 def _connection_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("connection")
