@@ -39,6 +39,8 @@ _SAFE_FOR_POST = frozenset({429, 503})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _CHUNK = 256 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+# Google Cloud Storage answers an expired V4 signed URL with 400 and this code in an XML body.
+_EXPIRED_TOKEN = "<Code>ExpiredToken</Code>"
 KEY_HINT = f"check {API_KEY_ENV}, the api_key setting or --api-key"
 
 
@@ -49,6 +51,16 @@ class _Retry(Retry):
         if method.upper() == "POST" and status_code in _SAFE_FOR_POST:
             return bool(self.total)
         return super().is_retry(method, status_code, has_retry_after)
+
+
+class _Session(requests.Session):
+    """A session that drops the API key, like ``Authorization``, on a redirect to another host."""
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest,
+                     response: requests.Response) -> None:
+        super().rebuild_auth(prepared_request, response)
+        if self.should_strip_auth(response.request.url, prepared_request.url):
+            prepared_request.headers.pop(protocol.API_KEY_HEADER, None)
 
 
 def make_session(config: ClientConfig) -> requests.Session:
@@ -69,7 +81,7 @@ def make_session(config: ClientConfig) -> requests.Session:
         raise_on_status=False,  # the last answer comes back and is mapped to a typed error
         raise_on_redirect=False,
     )
-    session = requests.Session()
+    session = _Session()
     adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=config.pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -137,9 +149,13 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 def _identity(response: requests.Response) -> tuple[str | None, str | None]:
     """What tells one version of an object from another: its ETag and its total size."""
-    found = _CONTENT_RANGE.match(response.headers.get("Content-Range", "").strip())
+    found = _content_range(response)
     total = found.group(3) if found else response.headers.get("Content-Length")
     return response.headers.get("ETag"), total
+
+
+def _content_range(response: requests.Response) -> re.Match | None:
+    return _CONTENT_RANGE.match(response.headers.get("Content-Range", "").strip())
 
 
 def _wrap_transport(exc: requests.RequestException, what: str) -> StorageError:
@@ -202,7 +218,7 @@ class StorageClient:
         what = f"{method} {endpoint}"
         try:
             response = self.session.request(method, url, headers=headers, json=json_body,
-                                             timeout=self.timeout, allow_redirects=False)
+                                             timeout=self.timeout)
         except requests.RequestException as exc:
             raise _wrap_transport(exc, f"{what} ({self.config.api_url})") from None
         ok = response.status_code in accept if accept else 200 <= response.status_code < 300
@@ -234,7 +250,7 @@ class StorageClient:
         what = f"{method} {_describe(url)}"
         status, detail = response.status_code, _detail(response)
         message = f"{detail} ({what}: HTTP {status})"
-        if status in (401, 403):
+        if status in (401, 403) or (status == 400 and _EXPIRED_TOKEN in response.text):
             return PermissionDenied(message, hint="the signed URL expired or was refused; "
                                     "ask for a new one")
         return error_for_status(status, message)
@@ -310,8 +326,12 @@ class StorageClient:
         data = self._api("GET", protocol.SIGNED_URLS, [
             ("operation", operation), ("paths", list(paths)), ("region", self._region(region))],
             accept=(200,))
-        if not isinstance(data, list) or not all(isinstance(u, str) for u in data):
+        if not isinstance(data, list) or not all(u is None or isinstance(u, str) for u in data):
             raise ServerError("GET /storage/signed-urls: expected a JSON list of URLs")
+        if operation == protocol.OPERATION_DOWNLOAD:
+            data = [url for url in data if url]  # the service lists objects it cannot sign as null
+        elif None in data:
+            raise ServerError("GET /storage/signed-urls: no upload URL for some paths")
         if operation == protocol.OPERATION_UPLOAD and len(data) != len(paths):
             raise ServerError(f"GET /storage/signed-urls: {len(data)} URLs for {len(paths)} paths")
         return data
@@ -321,9 +341,9 @@ class StorageClient:
     def space_used(self) -> int:
         """Bytes stored across all regions."""
         data = self._api("GET", protocol.SIZE)
-        if not isinstance(data, int) or isinstance(data, bool):
-            raise ServerError(f"GET /storage/size: expected an integer, got {data!r}")
-        return data
+        if not isinstance(data, (int, float)) or isinstance(data, bool) or data < 0:
+            raise ServerError(f"GET /storage/size: expected a number of bytes, got {data!r}")
+        return int(data)
 
     def cost(self) -> dict:
         """``{"estimated_monthly_cost": float, "currency": "USD"}``."""
@@ -378,14 +398,26 @@ class StorageClient:
             raise _wrap_transport(exc, f"{method} {_describe(url)}") from None
 
     def object_size(self, url: str) -> int:
-        """Size of the object behind a download URL, from a HEAD."""
-        response = self._object("HEAD", url)
-        if response.status_code != 200:
-            raise self._object_error(response, "HEAD", url)
-        length = response.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise ServerError(f"HEAD {_describe(url)}: no Content-Length")
-        return int(length)
+        """Size of the object behind a download URL.
+
+        Asked with a ranged GET of its first byte, not a HEAD: a URL signed for GET (a GCS or S3
+        V4 URL) refuses HEAD. An empty object answers 416 with ``bytes */0``; a server that
+        ignores ``Range`` answers 200 with the whole length (the body is not read).
+        """
+        response = self._object("GET", url, headers={"Range": "bytes=0-0"}, stream=True)
+        try:
+            found = re.match(r"^bytes (?:\d+-\d+|\*)/(\d+)$",
+                             response.headers.get("Content-Range", "").strip())
+            if response.status_code in (200, 206, 416) and found:
+                return int(found.group(1))
+            length = response.headers.get("Content-Length")
+            if response.status_code == 200 and length is not None and length.isdigit():
+                return int(length)
+            if response.status_code >= 400:
+                raise self._object_error(response, "GET", url)
+            raise ServerError(f"GET {_describe(url)}: no size in the answer to a ranged GET")
+        finally:
+            response.close()
 
     def read_range(self, url: str, start: int, end_inclusive: int) -> bytes:
         """Bytes ``start..end_inclusive`` of an object (206, Content-Range and length checked).
@@ -403,24 +435,28 @@ class StorageClient:
                chunk_size: int = _CHUNK) -> Iterator[Iterator[bytes]]:
         """The object's bytes from ``start`` (to ``end_inclusive``) as an iterator of chunks.
 
-        A ranged request must come back 206 with a matching Content-Range; a server may clamp
-        an end beyond the object to its last byte. A body that breaks off (reset, stall past
-        the read timeout, cut short) is resumed where it stopped with a ranged request, up to
-        ``retries`` times (a stall only once at one place), as long as the object's ETag and
-        size stay the same; after that the iterator raises the TransferError (or Timeout).
+        A ranged request must come back with a matching Content-Range (206, or 200 as some
+        stores answer); a server may clamp an end beyond the object to its last byte. A server
+        that ignores ``Range`` (200, the whole object) is read through: the bytes before
+        ``start`` are skipped as they arrive and the body is closed after ``end_inclusive``.
+        A body that breaks off (reset, stall past the read timeout, cut short) is resumed where
+        it stopped with a ranged request, up to ``retries`` times (a stall only once at one
+        place), as long as the object's ETag and size stay the same; after that the iterator
+        raises the TransferError (or Timeout).
         """
         current: list[requests.Response] = []
         try:
-            response, expected = self._open(url, start, end_inclusive)
+            response, expected, skip = self._open(url, start, end_inclusive)
             current.append(response)
-            yield self._resuming(current, url, start, end_inclusive, expected, chunk_size)
+            yield self._resuming(current, url, start, end_inclusive, expected, skip, chunk_size)
         finally:
             for response in current:
                 response.close()
 
     def _open(self, url: str, start: int,
-              end_inclusive: int | None) -> tuple[requests.Response, int | None]:
-        """A GET of the object from ``start``, checked; returns it and the bytes it promises."""
+              end_inclusive: int | None) -> tuple[requests.Response, int | None, int]:
+        """A GET of the object from ``start``, checked: the answer, the bytes it promises from
+        ``start`` on, and how many bytes of its body come before ``start``."""
         ranged = start > 0 or end_inclusive is not None
         headers = {}
         if ranged:
@@ -432,23 +468,40 @@ class StorageClient:
                                           f"({_describe(url)})")
             if response.status_code not in ((206, 200) if ranged else (200,)):
                 raise self._object_error(response, "GET", url)
-            return response, self._expected_length(response, url, start, end_inclusive, ranged)
+            if ranged and response.status_code == 200 and not _content_range(response):
+                return response, self._whole_body_length(response, start, end_inclusive), start
+            expected = self._expected_length(response, url, start, end_inclusive, ranged)
+            return response, expected, 0
         except BaseException:
             response.close()
             raise
 
     def _resuming(self, current: list[requests.Response], url: str, start: int,
-                  end_inclusive: int | None, expected: int | None,
+                  end_inclusive: int | None, expected: int | None, skip: int,
                   chunk_size: int) -> Iterator[bytes]:
-        """Chunks of ``current[0]``; a broken body is asked for again from where it stopped."""
+        """Chunks of ``current[0]``; a broken body is asked for again from where it stopped.
+
+        ``skip`` bytes of a body that starts before ``start`` are dropped; a body longer than
+        ``expected`` (a server that ignored ``Range``) is cut there."""
         identity = _identity(current[0])
         received, resumes, stalled_at = 0, 0, -1
         while True:
             error: StorageError
             try:
                 for chunk in current[0].iter_content(chunk_size):
-                    received += len(chunk)
-                    yield chunk
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        skip -= dropped
+                        chunk = chunk[dropped:]
+                    if expected is not None and received + len(chunk) >= expected:
+                        chunk = chunk[:expected - received]
+                        received += len(chunk)
+                        if chunk:
+                            yield chunk
+                        return
+                    if chunk:
+                        received += len(chunk)
+                        yield chunk
                 if expected is None or received >= expected:
                     return
                 error = TransferError(f"GET {_describe(url)}: body ended after {received} of "
@@ -465,11 +518,23 @@ class StorageClient:
             time.sleep(min(self.config.backoff_factor * (2 ** (resumes - 1)), 5.0))
             log.info("%s; resuming at byte %d", error, start + received)
             current[0].close()
-            response, _ = self._open(url, start + received, end_inclusive)
+            response, expected_now, skip = self._open(url, start + received, end_inclusive)
             current[0] = response
+            if expected is not None and expected_now is not None:
+                expected = received + expected_now
             if _identity(response) != identity:
                 raise TransferError(f"GET {_describe(url)}: the object changed while it was "
                                     "read")
+
+    @staticmethod
+    def _whole_body_length(response: requests.Response, start: int,
+                           end_inclusive: int | None) -> int | None:
+        """Bytes from ``start`` that a whole-object answer holds, up to ``end_inclusive``."""
+        length = response.headers.get("Content-Length")
+        if not (length and length.isdigit()):
+            return None if end_inclusive is None else end_inclusive - start + 1
+        available = max(0, int(length) - start)
+        return available if end_inclusive is None else min(available, end_inclusive - start + 1)
 
     @staticmethod
     def _expected_length(response: requests.Response, url: str, start: int,
@@ -478,14 +543,10 @@ class StorageClient:
         expected = int(length) if length and length.isdigit() else None
         if not ranged:
             return expected
-        if response.status_code == 200:
-            # The server ignored Range; only a request for the whole object is then answered.
-            if start == 0 and (end_inclusive is None or expected == end_inclusive + 1):
-                return expected
-            raise TransferError(f"GET {_describe(url)}: the server ignored the Range header")
-        found = _CONTENT_RANGE.match(response.headers.get("Content-Range", "").strip())
+        found = _content_range(response)
         if not found:
-            raise TransferError(f"GET {_describe(url)}: 206 without a valid Content-Range")
+            raise TransferError(f"GET {_describe(url)}: {response.status_code} without a valid "
+                                "Content-Range")
         got_start, got_end = int(found.group(1)), int(found.group(2))
         if got_start != start or (end_inclusive is not None and got_end > end_inclusive):
             raise TransferError(f"GET {_describe(url)}: asked for bytes {start}-"
