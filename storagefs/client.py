@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 import time
 from typing import Any, BinaryIO, Callable, Iterator
 from urllib.parse import quote, urlsplit
@@ -41,6 +42,9 @@ _CHUNK = 256 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 # Google Cloud Storage answers an expired V4 signed URL with 400 and this code in an XML body.
 _EXPIRED_TOKEN = "<Code>ExpiredToken</Code>"
+# API URLs whose /version-check was asked in this process (the SDK asks once, on import).
+_VERSION_CHECKED: set[str] = set()
+_VERSION_LOCK = threading.Lock()
 KEY_HINT = f"check {API_KEY_ENV}, the api_key setting or --api-key"
 
 
@@ -212,10 +216,11 @@ class StorageClient:
         """One API call: the key header, a timeout, retries, JSON back or a typed error."""
         if not self.config.api_key:
             raise AuthenticationError("no API key given", hint=f"set {API_KEY_ENV} or api_key")
+        what = f"{method} {endpoint}"
+        self._check_version_once(what)
         query = encode_query(params or [])
         url = self.config.api_url + endpoint + (f"?{query}" if query else "")
         headers = {protocol.API_KEY_HEADER: self.config.api_key, "Accept": "application/json"}
-        what = f"{method} {endpoint}"
         try:
             response = self.session.request(method, url, headers=headers, json=json_body,
                                              timeout=self.timeout)
@@ -231,6 +236,35 @@ class StorageClient:
         except ValueError:
             raise ServerError(f"{what}: the answer is not JSON "
                               f"({response.headers.get('Content-Type', 'no content type')})") from None
+
+    def _check_version_once(self, what: str) -> None:
+        """``GET /version-check`` once per API URL and process, as the official client does.
+
+        A 406 means the service no longer speaks this protocol: an error, since every answer
+        after it could be misread. Any other answer is only a warning. A server that cannot be
+        reached fails ``what``, the call the user made, at once (asking again would only
+        double the wait)."""
+        with _VERSION_LOCK:
+            if self.config.api_url in _VERSION_CHECKED:
+                return
+            _VERSION_CHECKED.add(self.config.api_url)
+        url = (f"{self.config.api_url}{protocol.VERSION_CHECK}?"
+               f"{encode_query([('client_version', protocol.SDK_VERSION)])}")
+        try:
+            response = self.session.get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            with _VERSION_LOCK:
+                _VERSION_CHECKED.discard(self.config.api_url)
+            raise _wrap_transport(exc, f"{what} ({self.config.api_url})") from None
+        if response.status_code == 406:
+            with _VERSION_LOCK:
+                _VERSION_CHECKED.discard(self.config.api_url)
+            raise InvalidRequest(
+                f"the storage service at {self.config.api_url} no longer supports this client "
+                f"(it speaks the protocol of inductiva {protocol.SDK_VERSION})",
+                hint="upgrade storagefs")
+        if not 200 <= response.status_code < 300:
+            log.warning("version check: %s", self._api_error(response, "GET /version-check"))
 
     @staticmethod
     def _api_error(response: requests.Response, what: str) -> StorageError:

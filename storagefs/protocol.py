@@ -17,6 +17,9 @@ API_KEY_HEADER = "X-API-Key"
 
 # Endpoints, relative to the API base URL.
 VERSION_CHECK = "/version-check"
+# The official client whose protocol this package speaks: sent to /version-check, which the
+# service answers 406 once it no longer supports that protocol.
+SDK_VERSION = "0.18.12"
 CONTENTS = "/storage/contents"
 CONTENTS_PAGINATED = "/storage/contents/paginated"
 ZIP_CONTENTS = "/storage/zip-contents"

@@ -193,8 +193,9 @@ def test_unreachable_server_is_a_transfer_error():
 # -- scripted servers --------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def scripted(handler_body):
-    """An HTTP server on 127.0.0.1 whose every request is answered by ``handler_body(h)``."""
+def scripted(handler_body, answer_version_check: bool = True):
+    """An HTTP server on 127.0.0.1 whose every request is answered by ``handler_body(h)``;
+    ``/version-check``, which a client asks once first, is answered here and not counted."""
     calls = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -204,6 +205,10 @@ def scripted(handler_body):
             pass
 
         def _any(self):
+            if answer_version_check and self.path.startswith("/version-check"):
+                reply(self, 200, b'{"is_valid": true, "client_version": "0.18.12", '
+                                 b'"server_version": "1"}', {"Content-Type": "application/json"})
+                return
             calls.append((self.command, self.path, dict(self.headers)))
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 handler_body(self, len(calls))
@@ -343,3 +348,85 @@ def test_session_is_pooled_and_retrying():
     assert 503 in adapter.max_retries.status_forcelist
     assert json.dumps(dict(session.headers))  # plain headers, no key on the session
     assert protocol.API_KEY_HEADER not in session.headers
+
+
+def test_version_check_once_per_process_and_a_refusal_is_one_line(caplog):
+    """The service's /version-check is asked once, before the first call; 406 is an error that
+    says what to do, any other failure of the check only a warning."""
+    answers = {"status": 406}
+
+    def body(h, n):
+        if h.path.startswith("/version-check"):
+            reply(h, answers["status"], b'{"detail": "client too old"}',
+                  {"Content-Type": "application/json"})
+        else:
+            reply(h, 200, b"7", {"Content-Type": "application/json"})
+
+    with scripted(body, answer_version_check=False) as (url, calls):
+        with StorageClient(ClientConfig(api_url=url, api_key="k", retries=0)) as client:
+            with pytest.raises(InvalidRequest, match="no longer supports this client.*upgrade"):
+                client.space_used()
+            assert calls[0][1] == "/version-check?client_version=0.18.12"
+            assert "X-API-Key" not in calls[0][2]
+            answers["status"] = 500
+            with caplog.at_level("WARNING", logger="storagefs.client"):
+                assert client.space_used() == 7
+            assert "version check" in caplog.text
+            assert client.space_used() == 7
+    assert [c[1].split("?")[0] for c in calls] == [
+        "/version-check", "/version-check", "/storage/size", "/storage/size"]
+
+
+def test_size_as_a_float_and_null_signed_urls():
+    def body(h, n):
+        if h.path.startswith("/storage/size"):
+            reply(h, 200, b"1234.0", {"Content-Type": "application/json"})
+        else:
+            reply(h, 200, b'["http://x/-/a", null]', {"Content-Type": "application/json"})
+
+    with scripted(body) as (url, _):
+        with StorageClient(ClientConfig(api_url=url, api_key="k", retries=0)) as client:
+            assert client.space_used() == 1234
+            assert client.signed_urls(["a"], "download") == ["http://x/-/a"]
+            with pytest.raises(ServerError, match="no upload URL"):
+                client.signed_urls(["a", "b"], "upload")
+
+
+def test_redirects_are_followed_and_the_key_stays_on_its_host():
+    def target(h, n):
+        reply(h, 200, b"5", {"Content-Type": "application/json"})
+
+    with scripted(target) as (other, other_calls):
+        def body(h, n):
+            if h.path.startswith("/storage/size"):
+                reply(h, 307, b"", {"Location": other + "/storage/size"})
+            else:
+                reply(h, 200, b'["x"]', {"Content-Type": "application/json"})
+
+        with scripted(body) as (url, _):
+            with StorageClient(ClientConfig(api_url=url, api_key="k", retries=0)) as client:
+                assert client.space_used() == 5
+    assert "X-API-Key" not in other_calls[0][2]  # 127.0.0.1 on another port: another origin
+
+
+def test_expired_gcs_url_and_a_size_without_head():
+    """GCS answers an expired V4 URL 400 ExpiredToken; a URL signed for GET refuses HEAD."""
+    expired = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ExpiredToken</Code>"
+               b"<Message>The provided token has expired.</Message></Error>")
+
+    def body(h, n):
+        if h.command == "HEAD":
+            reply(h, 403, b"")
+        elif h.path.startswith("/expired"):
+            reply(h, 400, expired, {"Content-Type": "application/xml"})
+        elif h.path.startswith("/empty"):
+            reply(h, 416, b"", {"Content-Range": "bytes */0"})
+        else:
+            reply(h, 206, b"0", {"Content-Range": "bytes 0-0/4321"})
+
+    with scripted(body) as (url, _):
+        with StorageClient(ClientConfig(api_url=url, api_key="k", retries=0)) as client:
+            with pytest.raises(PermissionDenied, match="token has expired.*ask for a new one"):
+                client.read_range(url + "/expired", 0, 9)
+            assert client.object_size(url + "/object") == 4321
+            assert client.object_size(url + "/empty") == 0

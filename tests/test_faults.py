@@ -88,13 +88,16 @@ def test_bursts_of_5xx_and_429_are_invisible(proxy, server, data, code, figures)
 def test_resets_in_the_middle_of_a_body_are_resumed(proxy, server, data, figures, tmp_path):
     path = f"{data['dir']}/plain.bin"
     with client_via(proxy, server) as client:
+        url = client.signed_urls([path], "download")[0]
+        size = client.object_size(url)  # a one-byte GET: asked before the faults are set
         proxy.reset(after_bytes=100_000, count=3, path=OBJECTS)
-        assert read_plain(client, path) == data["plain"]
+        assert client.read_range(url, 0, size - 1) == data["plain"]
         assert proxy.injected["reset"] == 3
         proxy.drop(count=1, path=OBJECTS)  # reset before any answer: urllib3 retries
         assert read_plain(client, path) == data["plain"]
         with storage.using(client, progress=False):
-            proxy.reset(after_bytes=5000, count=2, path=OBJECTS)
+            # The first match is the one-byte GET that asks the file's size (nothing to cut).
+            proxy.reset(after_bytes=5000, count=3, path=OBJECTS)
             storage.download(path, str(tmp_path / "dl"))
             proxy.reset(after_bytes=70_000, count=2, path=OBJECTS)
             storage.download(f"{data['dir']}/a.zip/big.dat", str(tmp_path / "dl"))
