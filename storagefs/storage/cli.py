@@ -15,6 +15,8 @@ from .. import storage
 from ..client import StorageClient
 from ..config import ClientConfig
 from ..errors import EXIT_ERROR, EXIT_OK, StorageError
+from ..zipfmt import codecs
+from .formatting import bytes_formatter, table
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -218,13 +220,13 @@ def run_cp(args: argparse.Namespace) -> int:
 def run_zip_ls(args: argparse.Namespace) -> int:
     info = storage.get_zip_contents(args.path, args.zip_relative_path, args.recursive,
                                     args.region)
-    rows = [[f.name, storage._bytes_formatter(f.size), storage._bytes_formatter(f.compressed_size),
+    rows = [[f.name, bytes_formatter(f.size), bytes_formatter(f.compressed_size),
              None if f.name.endswith("/") or f.compress_type is None
-             else storage.codecs.method_name(f.compress_type),
+             else codecs.method_name(f.compress_type),
              f.creation_time.strftime("%Y-%m-%d %H:%M:%S") if f.creation_time else None]
             for f in info.files]
-    print(storage._table(rows, ["Name", "Size", "Compressed", "Method", "Modified"]))
-    print(f"Archive size: {storage._bytes_formatter(info.size)}; {len(info.files)} entries.")
+    print(table(rows, ["Name", "Size", "Compressed", "Method", "Modified"]))
+    print(f"Archive size: {bytes_formatter(info.size)}; {len(info.files)} entries.")
     return EXIT_OK
 
 

@@ -54,6 +54,15 @@ def header_ending_at(window: bytes) -> LocalHeader | None:
     return None
 
 
+def header_length(fixed: bytes) -> int | None:
+    """The length of a whole local header (name and extra field included) from its first
+    ``LOCAL_HEADER_SIZE`` bytes; None when ``fixed`` is not the start of a local header."""
+    if len(fixed) != LOCAL_HEADER_SIZE or not fixed.startswith(LOCAL_HEADER_SIGNATURE):
+        return None
+    fields = _LOCAL_HEADER.unpack(fixed)
+    return LOCAL_HEADER_SIZE + fields[9] + fields[10]
+
+
 def descriptor_crc(tail: bytes) -> int | None:
     """The CRC-32 of a data descriptor starting ``tail``; None when ``tail`` is too short."""
     if tail[:4] == DESCRIPTOR_SIGNATURE:
