@@ -14,7 +14,7 @@ import textwrap
 from .. import storage
 from ..client import StorageClient
 from ..config import ClientConfig
-from ..errors import EXIT_ERROR, EXIT_OK, StorageError
+from ..errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, StorageError
 from ..zipfmt import codecs
 from .formatting import bytes_formatter, table
 
@@ -182,7 +182,7 @@ def _confirm(paths: list[str], everything: bool) -> bool:
 def run_rm(args: argparse.Namespace) -> int:
     if not args.paths and not args.all:
         print("storagefs rm: error: name at least one path, or --all", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if not args.confirm and not _confirm(args.paths, args.all):
         print("Nothing removed.", file=sys.stderr)
         return EXIT_ERROR

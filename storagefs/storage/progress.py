@@ -9,6 +9,8 @@ from .defaults import progress_shown
 
 
 class NoBar:
+    """A progress bar that shows nothing: progress is off, or tqdm is not installed."""
+
     def update(self, n: int = 1) -> None:
         pass
 
@@ -19,7 +21,7 @@ class NoBar:
         pass
 
 
-def progress_bar(desc: str, total: int):
+def progress_bar(desc: str, total: int) -> Any:
     """One tqdm bar in bytes (decimal units, as the SDK), or nothing without tqdm."""
     if not progress_shown():
         return NoBar()

@@ -54,12 +54,13 @@ def header_ending_at(window: bytes) -> LocalHeader | None:
     return None
 
 
-def header_length(fixed: bytes) -> int | None:
-    """The length of a whole local header (name and extra field included) from its first
-    ``LOCAL_HEADER_SIZE`` bytes; None when ``fixed`` is not the start of a local header."""
-    if len(fixed) != LOCAL_HEADER_SIZE or not fixed.startswith(LOCAL_HEADER_SIGNATURE):
+def header_length(start: bytes) -> int | None:
+    """The length of the local header that ``start`` begins with, name and extra field
+    included, read from its fixed part (``LOCAL_HEADER_SIZE`` bytes); None when ``start`` does
+    not begin with the whole fixed part of a local header."""
+    if len(start) < LOCAL_HEADER_SIZE or not start.startswith(LOCAL_HEADER_SIGNATURE):
         return None
-    fields = _LOCAL_HEADER.unpack(fixed)
+    fields = _LOCAL_HEADER.unpack_from(start)
     return LOCAL_HEADER_SIZE + fields[9] + fields[10]
 
 
