@@ -10,27 +10,14 @@ import json
 import os
 import subprocess
 import sys
-import venv
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from officialsdk import official_client_python
+
 pytestmark = pytest.mark.compat
-
-CLIENT_VERSION = "0.18.12"
-COMPAT_DIR = Path(__file__).resolve().parent.parent / ".compat"
-
-
-def official_client_python() -> Path:
-    python = COMPAT_DIR / "venv" / "bin" / "python"
-    stamp = COMPAT_DIR / f"inductiva-{CLIENT_VERSION}.installed"
-    if not stamp.exists():
-        venv.create(COMPAT_DIR / "venv", with_pip=True, clear=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet",
-                        f"inductiva=={CLIENT_VERSION}"], check=True, timeout=600)
-        stamp.touch()
-    return python
 
 
 def make_fixture(work: Path) -> dict[str, bytes]:

@@ -12,6 +12,7 @@ from storagefs import cli, storage
 from storagefs.client import StorageClient
 from storagefs.config import ClientConfig
 from storagefs.errors import AuthenticationError, InvalidRequest, NotFound
+from storagefs.storage.s3export import _get_multipart_parts
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -68,10 +69,10 @@ def put(client, path: str, data: bytes) -> None:
 
 
 def test_part_plan():
-    assert storage._get_multipart_parts(10, 128 * MiB) == (10, 1)
-    assert storage._get_multipart_parts(12 * MiB, 1 * MiB) == (5 * MiB, 3)  # 5 MiB minimum
+    assert _get_multipart_parts(10, 128 * MiB) == (10, 1)
+    assert _get_multipart_parts(12 * MiB, 1 * MiB) == (5 * MiB, 3)  # 5 MiB minimum
     size = 2 * 1024 ** 4  # 2 TiB: the part grows so that there are at most 10 000 parts
-    part, count = storage._get_multipart_parts(size, 128 * MiB)
+    part, count = _get_multipart_parts(size, 128 * MiB)
     assert count <= 10_000 and part * count >= size and part * (count - 1) < size
 
 

@@ -14,7 +14,9 @@ import textwrap
 from .. import storage
 from ..client import StorageClient
 from ..config import ClientConfig
-from ..errors import EXIT_ERROR, EXIT_OK, StorageError
+from ..errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, StorageError
+from ..zipfmt import codecs
+from .formatting import bytes_formatter, table
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -180,7 +182,7 @@ def _confirm(paths: list[str], everything: bool) -> bool:
 def run_rm(args: argparse.Namespace) -> int:
     if not args.paths and not args.all:
         print("storagefs rm: error: name at least one path, or --all", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if not args.confirm and not _confirm(args.paths, args.all):
         print("Nothing removed.", file=sys.stderr)
         return EXIT_ERROR
@@ -218,13 +220,13 @@ def run_cp(args: argparse.Namespace) -> int:
 def run_zip_ls(args: argparse.Namespace) -> int:
     info = storage.get_zip_contents(args.path, args.zip_relative_path, args.recursive,
                                     args.region)
-    rows = [[f.name, storage._bytes_formatter(f.size), storage._bytes_formatter(f.compressed_size),
+    rows = [[f.name, bytes_formatter(f.size), bytes_formatter(f.compressed_size),
              None if f.name.endswith("/") or f.compress_type is None
-             else storage.codecs.method_name(f.compress_type),
+             else codecs.method_name(f.compress_type),
              f.creation_time.strftime("%Y-%m-%d %H:%M:%S") if f.creation_time else None]
             for f in info.files]
-    print(storage._table(rows, ["Name", "Size", "Compressed", "Method", "Modified"]))
-    print(f"Archive size: {storage._bytes_formatter(info.size)}; {len(info.files)} entries.")
+    print(table(rows, ["Name", "Size", "Compressed", "Method", "Modified"]))
+    print(f"Archive size: {bytes_formatter(info.size)}; {len(info.files)} entries.")
     return EXIT_OK
 
 

@@ -54,6 +54,16 @@ def header_ending_at(window: bytes) -> LocalHeader | None:
     return None
 
 
+def header_length(start: bytes) -> int | None:
+    """The length of the local header that ``start`` begins with, name and extra field
+    included, read from its fixed part (``LOCAL_HEADER_SIZE`` bytes); None when ``start`` does
+    not begin with the whole fixed part of a local header."""
+    if len(start) < LOCAL_HEADER_SIZE or not start.startswith(LOCAL_HEADER_SIGNATURE):
+        return None
+    fields = _LOCAL_HEADER.unpack_from(start)
+    return LOCAL_HEADER_SIZE + fields[9] + fields[10]
+
+
 def descriptor_crc(tail: bytes) -> int | None:
     """The CRC-32 of a data descriptor starting ``tail``; None when ``tail`` is too short."""
     if tail[:4] == DESCRIPTOR_SIGNATURE:
