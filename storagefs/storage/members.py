@@ -8,8 +8,11 @@ so the range fetched may start at its local header and end past its data descrip
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import posixpath
-from typing import Any, BinaryIO, ContextManager, Iterator, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, ContextManager, Iterator, Optional, Tuple
 
 from .. import protocol
 from ..client import StorageClient
@@ -20,6 +23,8 @@ from .localpaths import Dirs, atomic_file, inside, safe_segments
 from .progress import progress_bar
 from .sdktypes import (ARTIFACTS_DIRNAME, INPUT_DIRNAME, TASK_INPUT_ZIP, TASK_OUTPUT_ZIP,
                        MemberNotFound)
+
+log = logging.getLogger(__name__)
 
 
 def split_zip_path(remote_path: str) -> Optional[Tuple[str, str]]:
@@ -32,10 +37,10 @@ def split_zip_path(remote_path: str) -> Optional[Tuple[str, str]]:
 
 
 def _resolve_member(client: StorageClient, zip_path: str, after: str,
-                    region: Optional[str]) -> Tuple[str, protocol.ZipEntry, int]:
+                    region: Optional[str]) -> Tuple[str, protocol.ZipEntry]:
     """The member named by ``after``: the SDK's reading first (``artifacts/`` or ``sim_dir/``
     before it for task archives), then the path exactly as written. Returns (member path,
-    entry, archive size)."""
+    entry)."""
     candidates = []
     if TASK_OUTPUT_ZIP in zip_path:
         candidates.append(f"{ARTIFACTS_DIRNAME}/{after}")
@@ -47,7 +52,7 @@ def _resolve_member(client: StorageClient, zip_path: str, after: str,
         listing = client.zip_contents(zip_path, folder, False, region)
         for entry in listing.contents:
             if entry.name == name:
-                return member, entry, listing.size
+                return member, entry
             if entry.name == name + "/":
                 raise InvalidRequest(f'"{after}" is a folder inside "{zip_path}"; name a file')
     raise MemberNotFound(f'File "{after}" not found in "{zip_path}".')
@@ -57,55 +62,113 @@ _HEADER_SLACK = 1024  # room for the local header's extra field, which the API d
 _DESCRIPTOR_MAX = 24  # a data descriptor: signature, CRC-32, two 8-byte (ZIP64) sizes
 
 
+class _Unproven(Exception):
+    """The bytes before a listed data offset are not that member's local header."""
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """Where one member's compressed data is thought to be, and how to read it."""
+
+    url: str
+    member: str
+    start: int
+    length: int
+    method: int
+    size: Optional[int]
+    crc32: Optional[int]
+    prove: bool  # the offset comes from the listing: the local header must confirm it
+    header_span: int = _HEADER_SLACK
+
+
 def download_member(client: StorageClient, zip_path: str, after: str, local_dir: str,
                     region: Optional[str]) -> str:
     """One member of a stored zip, with a single ranged GET, decoded and verified.
 
     The range asked for starts a little before the compressed data, to read the member's local
     header (flags and CRC-32), and ends a little after it, for the data descriptor that
-    streamed archives put there instead (flag bit 3).
+    streamed archives put there instead (flag bit 3). The listing's ``range_start`` is used
+    only when that header proves it (a listing may compute it from the central directory
+    alone); otherwise ``zip-file-range`` says where the data is, as the official client asks.
     """
-    member, entry, archive_size = _resolve_member(client, zip_path, after, region)
+    member, entry = _resolve_member(client, zip_path, after, region)
     folder, name = posixpath.split(member)
-    rng = client.zip_file_range(zip_path, name, folder, region)
-    method = rng.compress_type
+    method = entry.compress_type if entry.compress_type is not None else protocol.STORED
     codecs.make_decoder(method)  # UnsupportedMethod before anything is fetched
     urls = client.signed_urls([zip_path], protocol.OPERATION_DOWNLOAD, region)
     if len(urls) != 1:
         raise ServerError(f"expected one signed URL for {zip_path}, got {len(urls)}")
     segments = safe_segments(zip_path[:-4].split("/") + after.split("/"), after)
     target = inside(local_dir, segments, after)
-
-    if entry.crc32 is not None:  # this project's server sends the CRC: fetch the data only
-        head_start, end = rng.range_start, rng.range_end
-    else:
-        head_start = max(0, rng.range_start - ziplocal.LOCAL_HEADER_SIZE - len(member.encode())
-                         - _HEADER_SLACK)
-        end = min(rng.range_end + _DESCRIPTOR_MAX, archive_size - 1)
-    data_len = rng.range_end - rng.range_start + 1
-    dirs = Dirs()
     desc = f'Downloading "{name}" from "{zip_path}"'
+    dirs = Dirs()
     try:
-        with progress_bar(desc, end - head_start + 1) as bar, \
-                atomic_file(target, dirs) as handle:
-            fetch: ContextManager[Iterator[bytes]] = \
-                client.stream(urls[0], head_start, end) if end >= head_start \
-                else contextlib.nullcontext(iter(()))  # an empty member: nothing to fetch
-            with fetch as chunks:
-                decode_member(chunks, rng.range_start - head_start, data_len, method,
-                              entry.size, handle, bar, member, entry.crc32)
+        if entry.range_start is not None and entry.compressed_size is not None:
+            try:
+                _fetch_member(client, _Fetch(urls[0], member, entry.range_start,
+                                             entry.compressed_size, method, entry.size,
+                                             entry.crc32, prove=True), target, dirs, desc)
+                return target
+            except _Unproven:
+                log.info("%s: the listing's offset %d is not confirmed by a local header; "
+                         "asking zip-file-range", member, entry.range_start)
+        rng = client.zip_file_range(zip_path, name, folder, region)
+        where = _Fetch(urls[0], member, rng.range_start, rng.range_end - rng.range_start + 1,
+                       rng.compress_type, entry.size, entry.crc32, prove=False)
+        try:
+            _fetch_member(client, where, target, dirs, desc)
+        except _Unproven:  # an extra field longer than the slack: look as far as one can be
+            _fetch_member(client, dataclasses.replace(
+                where, header_span=ziplocal.LOCAL_HEADER_MAX), target, dirs, desc)
     except BaseException:
         dirs.undo()
         raise
     return target
 
 
+def _fetch_member(client: StorageClient, where: _Fetch, target: str, dirs: Dirs,
+                  desc: str) -> None:
+    """One ranged GET from a little before the data to a little after it, decoded into an
+    atomic file. The end may lie past the archive's end (the server clamps it): the listing's
+    archive size is not relied on, since the service may report the uncompressed total."""
+    need_header = where.prove or where.crc32 is None
+    head_start = where.start
+    if need_header:
+        head_start = max(0, where.start - ziplocal.LOCAL_HEADER_SIZE
+                         - len(where.member.encode()) - where.header_span)
+    end = where.start + where.length - 1 + (_DESCRIPTOR_MAX if where.crc32 is None else 0)
+
+    def check_header(head: bytes) -> ziplocal.LocalHeader:
+        header = ziplocal.header_ending_at(head)
+        if where.prove and not ziplocal.proves_offset(header, where.member, where.method,
+                                                      where.length):
+            raise _Unproven(where.member)
+        if header is None:
+            if len(head) < ziplocal.LOCAL_HEADER_MAX and head_start > 0:
+                raise _Unproven(where.member)
+            raise CorruptArchive(f"{where.member}: local header not found before its data")
+        if header.encrypted:
+            raise UnsupportedMethod(f"{where.member} is encrypted")
+        return header
+
+    with progress_bar(desc, end - head_start + 1) as bar, atomic_file(target, dirs) as handle:
+        fetch: ContextManager[Iterator[bytes]] = \
+            client.stream(where.url, head_start, end) if end >= head_start \
+            else contextlib.nullcontext(iter(()))  # an empty member: nothing to fetch
+        with fetch as chunks:
+            decode_member(chunks, where.start - head_start, where.length, where.method,
+                          where.size, handle, bar, where.member, where.crc32, check_header)
+
+
 def decode_member(chunks: Iterator[bytes], head_len: int, data_len: int, method: int,
                   size: Optional[int], out: BinaryIO, bar: Any, member: str,
-                  crc32: Optional[int] = None) -> None:
+                  crc32: Optional[int] = None,
+                  check_header: Optional[Callable[[bytes], ziplocal.LocalHeader]] = None
+                  ) -> None:
     """Splits a fetched window into local header, compressed data and trailing bytes; decodes
     the data into ``out`` and verifies its size and CRC-32 (given, or from the header or the
-    data descriptor)."""
+    data descriptor). ``check_header`` reads the local header that ends the head (it may
+    refuse it by raising, before any data is written)."""
     head, tail = bytearray(), bytearray()
     decoder = codecs.make_decoder(method)
     check = codecs.Crc32Check(crc32, size, member)
@@ -120,7 +183,7 @@ def decode_member(chunks: Iterator[bytes], head_len: int, data_len: int, method:
             consumed += take
             view = view[take:]
             if consumed == head_len:
-                header = _local_header(bytes(head), member)
+                header = (check_header or _header_checker(member))(bytes(head))
                 if crc32 is None and not header.crc_in_descriptor:
                     check.expected_crc = header.crc32
         if view and consumed < head_len + data_len:
@@ -142,15 +205,17 @@ def decode_member(chunks: Iterator[bytes], head_len: int, data_len: int, method:
     check.verify()
 
 
-def _local_header(window: bytes, member: str) -> ziplocal.LocalHeader:
-    """The local header that ends exactly where the window ends; refused when missing or
-    encrypted."""
-    header = ziplocal.header_ending_at(window)
-    if header is None:
-        raise CorruptArchive(f"{member}: local header not found before its data")
-    if header.encrypted:
-        raise UnsupportedMethod(f"{member} is encrypted")
-    return header
+def _header_checker(member: str) -> Callable[[bytes], ziplocal.LocalHeader]:
+    def check(window: bytes) -> ziplocal.LocalHeader:
+        """The local header that ends exactly where the window ends; refused when missing or
+        encrypted."""
+        header = ziplocal.header_ending_at(window)
+        if header is None:
+            raise CorruptArchive(f"{member}: local header not found before its data")
+        if header.encrypted:
+            raise UnsupportedMethod(f"{member} is encrypted")
+        return header
+    return check
 
 
 def _descriptor_crc(tail: bytes, member: str) -> int:

@@ -23,11 +23,17 @@ LOCAL_HEADER_SIZE = _LOCAL_HEADER.size
 LOCAL_HEADER_MAX = LOCAL_HEADER_SIZE + 2 * 0xFFFF
 
 
+FLAG_UTF8_NAME = 0x800
+_ZIP64_SIZE = 0xFFFFFFFF  # the real sizes are in the ZIP64 extra field
+
+
 @dataclass(frozen=True)
 class LocalHeader:
     flags: int
     method: int
     crc32: int
+    compressed_size: int = 0
+    name: bytes = b""
 
     @property
     def encrypted(self) -> bool:
@@ -49,9 +55,30 @@ def header_ending_at(window: bytes) -> LocalHeader | None:
         if pos + LOCAL_HEADER_SIZE <= len(window):
             fields = _LOCAL_HEADER.unpack_from(window, pos)
             if pos + LOCAL_HEADER_SIZE + fields[9] + fields[10] == len(window):
-                return LocalHeader(flags=fields[2], method=fields[3], crc32=fields[6])
+                name_start = pos + LOCAL_HEADER_SIZE
+                return LocalHeader(flags=fields[2], method=fields[3], crc32=fields[6],
+                                   compressed_size=fields[7],
+                                   name=bytes(window[name_start:name_start + fields[9]]))
         pos = window.rfind(LOCAL_HEADER_SIGNATURE, 0, pos)
     return None
+
+
+def proves_offset(header: LocalHeader | None, name: str, method: int,
+                  compressed_size: int) -> bool:
+    """Whether ``header``, found ending exactly at a listed data offset, is the named member's.
+
+    A listing may compute offsets from the central directory alone, which is wrong by the
+    difference between the local and central extra fields; only the member's own local header
+    ending right there (its name, method and, unless deferred to a descriptor or ZIP64, its
+    compressed size) proves that the compressed data starts at that offset.
+    """
+    if header is None or header.method != method:
+        return False
+    if header.name.decode("utf-8" if header.flags & FLAG_UTF8_NAME else "cp437",
+                          "replace") != name and header.name != name.encode("utf-8", "replace"):
+        return False
+    recorded = header.compressed_size
+    return header.crc_in_descriptor or recorded in (_ZIP64_SIZE, compressed_size)
 
 
 def header_length(start: bytes) -> int | None:
