@@ -65,7 +65,7 @@ def clean_path(path: str | None) -> str:
 
 def names_directory(path: str | None) -> bool:
     """Whether the caller marked the path as a directory with a trailing slash."""
-    return bool(path) and path.endswith("/")
+    return path is not None and path.endswith("/")
 
 
 def zip_dir_prefix(zip_relative_path: str | None) -> str:
