@@ -1,9 +1,9 @@
 """The storage API over HTTP: one ``requests.Session``, timeouts, retries, typed errors.
 
-``StorageClient`` speaks PROTOCOL.md §3 and nothing more: it builds query strings the way the
-official client does (values percent-encoded with ``/`` kept, booleans as ``true``/``false``,
-``None`` left out), turns JSON answers into ``protocol`` objects and every failure into a
-``StorageError`` whose text is one line. No ``requests`` exception escapes this module.
+``StorageClient`` speaks the endpoints of docs/protocol.md §3 and nothing more: it builds query
+strings the way the official client does (values percent-encoded with ``/`` kept, booleans as
+``true``/``false``, ``None`` left out), turns JSON answers into ``protocol`` objects and every
+failure into a ``StorageError`` whose text is one line. No ``requests`` exception escapes this module.
 
 Retries are urllib3's ``Retry`` on the session's adapters: connection failures for every
 request (the request never reached the server), and 429/5xx answers for idempotent methods.
@@ -166,7 +166,7 @@ def _wrap_transport(exc: requests.RequestException, what: str) -> StorageError:
 
 
 class StorageClient:
-    """The Inductiva storage API (PROTOCOL.md §3) for one user, over one pooled session."""
+    """The Inductiva storage API (docs/protocol.md §3) for one user, over one pooled session."""
 
     def __init__(self, config: ClientConfig | None = None,
                  session: requests.Session | None = None) -> None:

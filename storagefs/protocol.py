@@ -1,4 +1,4 @@
-"""The wire contract shared by the client and the server (see PROTOCOL.md).
+"""The wire contract shared by the client and the server (see docs/protocol.md).
 
 Only what both sides must agree on lives here: endpoint paths, path rules and the JSON objects
 with their field names. Each object converts to and from plain JSON and checks types on the way

@@ -1,4 +1,4 @@
-"""The HTTP routes of the reference server (PROTOCOL.md §3), on FastAPI.
+"""The HTTP routes of the reference server (docs/protocol.md §3), on FastAPI.
 
 Routes only parse, call the store, the ZIP index or the operations, and shape JSON. Every
 ``StorageError`` becomes ``{"detail": "..."}`` with its status in one handler; anything else is

@@ -87,7 +87,7 @@ def fetch_into(store: LocalStore, path: str, url: str, *, allow_private: bool,
 def export_multipart(store: LocalStore, path: str, parts_size: int, parts: list[tuple[int, str]],
                      complete_url: str, *, allow_private: bool, timeout_s: float,
                      report: Callable[[dict], None]) -> dict:
-    """PUT each part's bytes to its presigned URL, then POST the completion (PROTOCOL.md §5)."""
+    """PUT each part to its presigned URL, then POST the completion (docs/protocol.md §5)."""
     local, entry = store.open_file(path)
     size = entry.size or 0
     for url in {url for _, url in parts} | {complete_url}:
