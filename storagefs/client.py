@@ -3,7 +3,8 @@
 ``StorageClient`` speaks the endpoints of docs/protocol.md §3 and nothing more: it builds query
 strings the way the official client does (values percent-encoded with ``/`` kept, booleans as
 ``true``/``false``, ``None`` left out), turns JSON answers into ``protocol`` objects and every
-failure into a ``StorageError`` whose text is one line. No ``requests`` exception escapes this module.
+failure into a ``StorageError`` whose text is one line. No ``requests`` exception escapes this
+module.
 
 Retries are urllib3's ``Retry`` on the session's adapters: connection failures for every
 request (the request never reached the server), and 429/5xx answers for idempotent methods.
