@@ -502,7 +502,8 @@ def _run_timed(cmd: list[str], timeout: float, stdout=subprocess.DEVNULL) -> flo
 
 _PREADS = r"""
 import json, os, sys, time
-path, offsets, length, budget = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+path, offsets = sys.argv[1], json.loads(sys.argv[2])
+length, budget = int(sys.argv[3]), float(sys.argv[4])
 fd = os.open(path, os.O_RDONLY)
 times, started = [], time.perf_counter()
 for offset in offsets:
@@ -591,7 +592,8 @@ class Bench:
         self.cold()
         archive = self.corpus / "root" / "bench" / BIG_ZIP
         seconds = _run_timed(["unzip", "-p", str(archive), BIG_MEMBER], self.timeout)
-        return {"seconds": seconds, "mb_s": self.facts[BIG_ZIP]["sizes"][BIG_MEMBER] / seconds / 1e6}
+        size = self.facts[BIG_ZIP]["sizes"][BIG_MEMBER]
+        return {"seconds": seconds, "mb_s": size / seconds / 1e6}
 
     def row_small(self, system) -> dict:
         with system.fresh(BIG_ZIP) as m:

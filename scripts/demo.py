@@ -42,8 +42,9 @@ def _log_lines(rng: random.Random, steps: int) -> bytes:
     residual = 1.0
     for step in range(1, steps + 1):
         residual *= rng.uniform(0.80, 0.97)
+        state = "converged" if residual < 1e-4 else "iterating"
         lines.append(f"Time = {step * 0.005:.3f}  Courant max: {rng.uniform(0.2, 0.9):.4f}  "
-                     f"residual = {residual:.6e}  {'converged' if residual < 1e-4 else 'iterating'}")
+                     f"residual = {residual:.6e}  {state}")
     return ("\n".join(lines) + "\nEnd\n").encode()
 
 
@@ -72,7 +73,8 @@ def task_files(seed: int, simulator: str, field_mib: int) -> dict[str, bytes]:
         "artifacts/logs/mesh.log": f"{simulator}: mesh OK, 1,250,000 cells\n".encode() * 50,
         "artifacts/results/residuals.csv": csv,
         f"artifacts/results/field_{steps:05d}.vtk": _field(rng, field_mib << 20),
-        "artifacts/post/level1/level2/summary.txt": f"simulator: {simulator}\nstatus: ok\n".encode(),
+        "artifacts/post/level1/level2/summary.txt":
+            f"simulator: {simulator}\nstatus: ok\n".encode(),
     }
 
 

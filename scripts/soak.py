@@ -76,7 +76,8 @@ def build_storage(root: Path, scale: float) -> dict[str, bytes]:
     rng = random.Random(20250101)
     expected: dict[str, bytes] = {}
     plain = {"plain/empty": b"", "plain/tiny.txt": b"tiny\n",
-             "plain/log.txt": _text(rng, 300_000), "plain/field.bin": _mixed(rng, int(3 * MiB * scale)),
+             "plain/log.txt": _text(rng, 300_000),
+             "plain/field.bin": _mixed(rng, int(3 * MiB * scale)),
              "plain/big.bin": _mixed(rng, int(12 * MiB * scale))}
     for name, data in plain.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,8 @@ def build_storage(root: Path, scale: float) -> dict[str, bytes]:
         "artifacts/stdout.txt": _text(rng, 700_000),
         "artifacts/stderr.txt": b"",
         "artifacts/results/field.dat": _mixed(rng, int(6 * MiB * scale)),
-        "artifacts/results/table.csv": b"".join(b"%d,%f\n" % (i, 1 / (i + 1)) for i in range(40_000)),
+        "artifacts/results/table.csv":
+            b"".join(b"%d,%f\n" % (i, 1 / (i + 1)) for i in range(40_000)),
         "artifacts/logs/solver.log": _text(rng, 1_500_000),
         "artifacts/small/a.txt": b"a" * 10,
         "artifacts/small/b.bin": rng.randbytes(5000),

@@ -1,4 +1,9 @@
-"""Command line: argparse -> typed config -> one call. ``main(argv) -> int``, no logic here."""
+"""The ``storagefs`` command: ``main(argv) -> int``.
+
+Each verb is argparse -> typed config -> one call; the verbs of the mount and of the storage
+library add themselves (``mount.command.arguments``, ``storage.cli``). Errors end here: one
+line on stderr and exit 1, or the traceback with ``--debug``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import ServerConfig
+from .config import (API_KEY_ENV, API_KEY_FILE, API_URL_ENV, CONFIG_FILE, CONFIG_FILE_ENV,
+                     DEFAULT_API_URL, ServerConfig)
 from .errors import EXIT_ERROR, EXIT_OK, StorageError
 
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")  # what the official client accepts
@@ -26,7 +32,8 @@ def add_serve(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve a folder as Inductiva-compatible storage",
                               description="Serve ROOT over the Inductiva storage REST protocol.")
     p.add_argument("root", type=Path, help="folder to serve (created if missing)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--api-key", dest="api_keys", action="append", type=_api_key, default=[],
                    metavar="KEY", help="accepted API key (repeatable); without one, a key is "
@@ -58,13 +65,36 @@ def run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+DESCRIPTION = """\
+Remote simulation storage (the Inductiva storage API) as a local drive.
+
+  serve          serve a local folder as Inductiva-compatible storage, for a
+                 first run, self-hosting or tests (needs storagefs[server])
+  mount, umount  the storage as a read-only folder in which every ZIP archive is
+                 a folder of its members, read on demand; umount undoes it
+  ls, download, upload, rm, cp, zip-ls, size, export
+                 the Inductiva SDK's storage functions, as commands"""
+
+EPILOG = f"""\
+Run 'storagefs COMMAND --help' for the arguments of one command.
+
+environment (for mount and the storage commands):
+  {API_URL_ENV}  the storage API (default: {DEFAULT_API_URL})
+  {API_KEY_ENV}  your API key (default: {API_KEY_FILE}, where the
+                     inductiva client keeps it)
+  --api-url and --api-key win over these; these win over the [storagefs] section
+  of {CONFIG_FILE} (or of the file ${CONFIG_FILE_ENV} names)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="storagefs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="storagefs", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"storagefs {__version__}")
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                       title="commands")
     add_serve(subparsers)
-    from .mount.command import add_commands as add_mount_commands  # mount, umount
+    from .mount.command.arguments import add_commands as add_mount_commands  # mount, umount
     add_mount_commands(subparsers)
     from .storage.cli import add_commands  # ls, download, upload, rm, cp, zip-ls, size, export
     add_commands(subparsers)

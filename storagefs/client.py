@@ -1,9 +1,10 @@
 """The storage API over HTTP: one ``requests.Session``, timeouts, retries, typed errors.
 
-``StorageClient`` speaks PROTOCOL.md §3 and nothing more: it builds query strings the way the
-official client does (values percent-encoded with ``/`` kept, booleans as ``true``/``false``,
-``None`` left out), turns JSON answers into ``protocol`` objects and every failure into a
-``StorageError`` whose text is one line. No ``requests`` exception escapes this module.
+``StorageClient`` speaks the endpoints of docs/protocol.md §3 and nothing more: it builds query
+strings the way the official client does (values percent-encoded with ``/`` kept, booleans as
+``true``/``false``, ``None`` left out), turns JSON answers into ``protocol`` objects and every
+failure into a ``StorageError`` whose text is one line. No ``requests`` exception escapes this
+module.
 
 Retries are urllib3's ``Retry`` on the session's adapters: connection failures for every
 request (the request never reached the server), and 429/5xx answers for idempotent methods.
@@ -142,13 +143,15 @@ def _describe(url: str) -> str:
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     """The exception, what it wraps (``args[0]``, ``reason``), and so on down."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        inner = getattr(exc, "reason", None)
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        inner = getattr(current, "reason", None)
         if not isinstance(inner, BaseException):
-            inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
-        exc = inner
+            args = current.args
+            inner = args[0] if args and isinstance(args[0], BaseException) else None
+        current = inner
 
 
 def _identity(response: requests.Response) -> tuple[str | None, str | None]:
@@ -184,7 +187,7 @@ def _wrap_transport(exc: requests.RequestException, what: str) -> StorageError:
 
 
 class StorageClient:
-    """The Inductiva storage API (PROTOCOL.md §3) for one user, over one pooled session."""
+    """The Inductiva storage API (docs/protocol.md §3) for one user, over one pooled session."""
 
     def __init__(self, config: ClientConfig | None = None,
                  session: requests.Session | None = None) -> None:
@@ -223,7 +226,7 @@ class StorageClient:
         headers = {protocol.API_KEY_HEADER: self.config.api_key, "Accept": "application/json"}
         try:
             response = self.session.request(method, url, headers=headers, json=json_body,
-                                             timeout=self.timeout)
+                                            timeout=self.timeout)
         except requests.RequestException as exc:
             raise _wrap_transport(exc, f"{what} ({self.config.api_url})") from None
         ok = response.status_code in accept if accept else 200 <= response.status_code < 300
@@ -234,8 +237,8 @@ class StorageClient:
         try:
             return response.json()
         except ValueError:
-            raise ServerError(f"{what}: the answer is not JSON "
-                              f"({response.headers.get('Content-Type', 'no content type')})") from None
+            kind = response.headers.get("Content-Type", "no content type")
+            raise ServerError(f"{what}: the answer is not JSON ({kind})") from None
 
     def _check_version_once(self, what: str) -> None:
         """``GET /version-check`` once per API URL and process, as the official client does.
@@ -390,18 +393,18 @@ class StorageClient:
     # -- changes ---------------------------------------------------------------------------
 
     def remove(self, path: str, region: str | None = None) -> Any:
-        return self._api("DELETE", protocol.REMOVE, [("path", path),
-                                                      ("region", self._region(region))])
+        return self._api("DELETE", protocol.REMOVE,
+                         [("path", path), ("region", self._region(region))])
 
     def copy(self, source: str, target: str, region: str | None = None) -> Any:
         return self._api("POST", protocol.COPY, [("source", source), ("target", target),
-                                                  ("region", self._region(region))])
+                                                 ("region", self._region(region))])
 
     def input_remote(self, url: str, path: str, region: str | None = None) -> Any:
         if not url:
             raise InvalidRequest("the URL to fetch is empty")
         return self._api("POST", protocol.INPUT_REMOTE, [("url", url), ("path", path),
-                                                          ("region", self._region(region))])
+                                                         ("region", self._region(region))])
 
     def export_multipart(self, path: str, parts_size: int, upload_parts: list[dict],
                          complete_multipart_url: str, region: str | None = None) -> Any:

@@ -7,7 +7,7 @@ objects; nothing below reads the environment itself.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_API_URL = "https://api.inductiva.ai"
@@ -59,7 +59,6 @@ class ClientConfig:
     backoff_factor: float = 0.3
     pool_size: int = 16
     transfer_workers: int = 8
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides) -> "ClientConfig":

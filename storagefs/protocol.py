@@ -1,4 +1,4 @@
-"""The wire contract shared by the client and the server (see PROTOCOL.md).
+"""The wire contract shared by the client and the server (see docs/protocol.md).
 
 Only what both sides must agree on lives here: endpoint paths, path rules and the JSON objects
 with their field names. Each object converts to and from plain JSON and checks types on the way
@@ -68,7 +68,7 @@ def clean_path(path: str | None) -> str:
 
 def names_directory(path: str | None) -> bool:
     """Whether the caller marked the path as a directory with a trailing slash."""
-    return bool(path) and path.endswith("/")
+    return path is not None and path.endswith("/")
 
 
 def zip_dir_prefix(zip_relative_path: str | None) -> str:

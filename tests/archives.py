@@ -6,7 +6,7 @@ deterministic: seeded random bytes mixed with compressible text, so compressed s
 from run to run. Builders that need an external tool check for it first and raise
 ``MissingTool`` with the package to install.
 
-The producers mirror PROTOCOL.md 4.4: 7-Zip (file or streamed to stdout, which writes data
+The producers mirror docs/protocol.md §4.4: 7-Zip (file or streamed to stdout, which writes data
 descriptors), the stream-zip library (ZIP_64 members, explicit directory entries), Python's
 zipfile, plus Debian's Info-ZIP ``zip``.
 """
@@ -72,7 +72,7 @@ def mixed_bytes(seed: int, size: int) -> bytes:
 
 
 def sample_files() -> Files:
-    """A small task output tree, as the task runner would zip it (PROTOCOL 4.4)."""
+    """A small task output tree, as the task runner would zip it (docs/protocol.md §4.4)."""
     return {
         "artifacts/stdout.txt": text_bytes(1, 40_000),
         "artifacts/stderr.txt": b"warning: x\n",

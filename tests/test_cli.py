@@ -120,3 +120,30 @@ def test_errors_are_one_line_without_traceback(env, tmp_path):
     result = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True,
                             env=environ, timeout=60)
     assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_top_level_help_is_written_for_users(capsys, monkeypatch):
+    """``storagefs --help``: what it is, the verbs by purpose, where to look next; one screen."""
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: storagefs ")
+    assert "as a local drive" in out and "argparse" not in out and "main(argv)" not in out
+    for group in ["serve ", "mount, umount ", f"{', '.join(VERBS)}\n"]:  # the verbs by purpose
+        assert f"\n  {group}" in out
+    for verb in ["serve", "mount", "umount", *VERBS]:
+        assert f"\n    {verb} " in out
+    assert "storagefs COMMAND --help" in out
+    assert "INDUCTIVA_API_URL" in out and "INDUCTIVA_API_KEY" in out
+    assert len(out.splitlines()) <= 40
+
+
+def test_no_verb_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("usage: storagefs ") and "required: COMMAND" in err

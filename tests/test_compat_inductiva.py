@@ -1,4 +1,4 @@
-"""The official ``inductiva`` client, unchanged, against our server (PROTOCOL.md §6).
+"""The official ``inductiva`` client, unchanged, against our server (docs/protocol.md §6).
 
 The client is installed into a virtualenv of its own under ``.compat/`` (kept between runs):
 it pins dependencies of its own that must not leak into ours.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -27,13 +26,15 @@ def make_fixture(work: Path) -> dict[str, bytes]:
     for name, data in files.items():
         (upload / name).parent.mkdir(parents=True, exist_ok=True)
         (upload / name).write_bytes(data)
-    members = {"artifacts/stdout.txt": b"step 1 ok\n" * 5000, "artifacts/stored.bin": os.urandom(777),
+    members = {"artifacts/stdout.txt": b"step 1 ok\n" * 5000,
+               "artifacts/stored.bin": os.urandom(777),
                "artifacts/sub/nested.txt": b"nested\n" * 30}
     with zipfile.ZipFile(upload / "archive.zip", "w") as zf:
         zf.writestr("artifacts/", b"")
         zf.writestr("artifacts/stdout.txt", members["artifacts/stdout.txt"], zipfile.ZIP_DEFLATED)
         zf.writestr("artifacts/stored.bin", members["artifacts/stored.bin"], zipfile.ZIP_STORED)
-        zf.writestr("artifacts/sub/nested.txt", members["artifacts/sub/nested.txt"], zipfile.ZIP_DEFLATED)
+        zf.writestr("artifacts/sub/nested.txt", members["artifacts/sub/nested.txt"],
+                    zipfile.ZIP_DEFLATED)
     return members
 
 
@@ -64,18 +65,20 @@ def test_official_client_storage_calls(make_server, tmp_path):
     work.mkdir()
     members = make_fixture(work)
     script = Path(__file__).parent / "compat" / "official_client.py"
-    run = subprocess.run([str(python), str(script), str(work)], env=client_env(srv, tmp_path / "home"),
+    run = subprocess.run([str(python), str(script), str(work)],
+                         env=client_env(srv, tmp_path / "home"),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Traceback" not in run.stderr
-    line = [l for l in run.stdout.splitlines() if l.startswith("RESULT ")][0]
+    line = [text for text in run.stdout.splitlines() if text.startswith("RESULT ")][0]
     result = json.loads(line[len("RESULT "):])
 
     assert {e["name"] for e in result["listdir"]} == {"mydata/", "task1/", "single.txt"}
     sizes = {e["name"]: e["size"] for e in result["listdir_recursive"]}
     assert sizes["mydata/"] == 600 + 5 + 6 and sizes["single.txt"] == 7
     assert result["listdir_max2"] == 2
-    assert "mydata/" in run.stdout and "You have storage in the following regions: local" in run.stdout
+    assert "mydata/" in run.stdout
+    assert "You have storage in the following regions: local" in run.stdout
 
     zip_size = (work / "upload" / "archive.zip").stat().st_size
     assert result["zip_root"] == {"size": zip_size, "files": ["artifacts/"]}
@@ -84,11 +87,13 @@ def test_official_client_storage_calls(make_server, tmp_path):
     assert "artifacts/sub/nested.txt" in result["zip_recursive"]["files"]
 
     # ranges agree with the local archive's own local headers
-    with zipfile.ZipFile(work / "upload" / "archive.zip") as zf, open(work / "upload" / "archive.zip", "rb") as f:
+    archive = work / "upload" / "archive.zip"
+    with zipfile.ZipFile(archive) as zf, open(archive, "rb") as f:
         for name, (start, end) in result["ranges"].items():
             info = zf.getinfo("artifacts/" + name)
             f.seek(info.header_offset + 26)
-            name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+            name_len = int.from_bytes(f.read(2), "little")
+            extra_len = int.from_bytes(f.read(2), "little")
             assert start == info.header_offset + 30 + name_len + extra_len
             assert end == start + info.compress_size - 1
             assert result["zip_entries"][name][2] == start

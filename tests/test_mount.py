@@ -613,14 +613,16 @@ def test_fstab_helper(server, served, tmp_path):
 
 
 def test_missing_fuse_is_reported(monkeypatch, capsys, tmp_path):
-    from storagefs.mount import command as mountcli
+    from storagefs.config import ClientConfig
+    from storagefs.mount.command import checks, daemon
+    from storagefs.mount.config import MountConfig
 
     real_exists = os.path.exists
-    monkeypatch.setattr(mountcli.os.path, "exists",
+    monkeypatch.setattr(checks.os.path, "exists",
                         lambda p: False if p == "/dev/fuse" else real_exists(p))
-    config = mountcli.MountConfig(mountpoint=tmp_path)
-    client = mountcli.ClientConfig(api_url="http://127.0.0.1:9", api_key="k")
-    assert mountcli.run(config, client) == 1
+    config = MountConfig(mountpoint=tmp_path)
+    client = ClientConfig(api_url="http://127.0.0.1:9", api_key="k")
+    assert daemon.run(config, client) == 1
     err = capsys.readouterr().err
     assert "/dev/fuse is missing" in err and "modprobe fuse" in err
 
@@ -643,11 +645,10 @@ def test_server_going_away_gives_errors_not_hangs(tmp_path, make_server):
     assert_clean_log(log)
 
 
-
 def test_logs_never_hold_url_signatures():
     import logging
 
-    from storagefs.mount.command import _redact_signatures
+    from storagefs.mount.command.daemon import _redact_signatures
 
     record = logging.LogRecord("urllib3", logging.DEBUG, "", 0, '%s "%s %s"', (
         "http://h", "GET", "/-/a.zip?op=download&expires=1&sig=abcdef0123"), None)

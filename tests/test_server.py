@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import socket
 import threading
@@ -11,7 +10,7 @@ import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -27,7 +26,8 @@ def put_tree(root: Path, files: dict[str, bytes]) -> None:
 
 
 def signed(server, operation: str, *paths: str, **params) -> list[str]:
-    r = server.get("/storage/signed-urls", params={"operation": operation, "paths": list(paths), **params})
+    query = {"operation": operation, "paths": list(paths), **params}
+    r = server.get("/storage/signed-urls", params=query)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -40,9 +40,11 @@ def names(response) -> list[str]:
 
 API_ROUTES = [
     ("GET", "/storage/contents?path=/"), ("GET", "/storage/contents/paginated"),
-    ("GET", "/storage/zip-contents?path=a.zip"), ("GET", "/storage/zip-file-range?path=a.zip&filename=x"),
+    ("GET", "/storage/zip-contents?path=a.zip"),
+    ("GET", "/storage/zip-file-range?path=a.zip&filename=x"),
     ("GET", "/storage/signed-urls?operation=download&paths=a"), ("GET", "/storage/size"),
-    ("GET", "/storage/cost"), ("DELETE", "/storage/?path=a"), ("POST", "/storage/copy?source=a&target=b"),
+    ("GET", "/storage/cost"), ("DELETE", "/storage/?path=a"),
+    ("POST", "/storage/copy?source=a&target=b"),
     ("POST", "/storage/input_remote?url=http://x/y&path=a"), ("POST", "/storage/export_multipart"),
     ("GET", "/storage/operations"), ("GET", "/storage/operations/x"),
     ("POST", "/storage/update_operation_status"), ("GET", "/storage/default_bucket"),
@@ -59,7 +61,8 @@ def test_every_api_route_refuses_missing_or_wrong_key(server, method, route, hea
 
 
 def test_version_check_needs_no_key(server):
-    r = requests.get(server.url + "/version-check", params={"client_version": "0.18.12"}, timeout=10)
+    r = requests.get(server.url + "/version-check", params={"client_version": "0.18.12"},
+                     timeout=10)
     assert r.status_code == 200
     body = r.json()
     assert body["is_valid"] is True and body["client_version"] == "0.18.12"
@@ -87,7 +90,8 @@ def test_generated_key_is_printed(tmp_path):
         key = line.rsplit(" ", 1)[1].strip()
         for _ in range(100):
             try:
-                r = requests.get(f"http://127.0.0.1:{port}/storage/size", headers={"X-API-Key": key})
+                r = requests.get(f"http://127.0.0.1:{port}/storage/size",
+                                 headers={"X-API-Key": key})
                 break
             except requests.ConnectionError:
                 time.sleep(0.05)
@@ -102,8 +106,8 @@ def test_generated_key_is_printed(tmp_path):
 @pytest.fixture
 def tree(server, unique) -> str:
     put_tree(server.root / unique, {
-        "a.txt": b"a" * 10, "b.bin": b"b" * 300, "sub/c.txt": b"c" * 5, "sub/deeper/d.txt": b"d" * 7,
-        "with space #1.txt": b"s",
+        "a.txt": b"a" * 10, "b.bin": b"b" * 300, "sub/c.txt": b"c" * 5,
+        "sub/deeper/d.txt": b"d" * 7, "with space #1.txt": b"s",
     })
     os.utime(server.root / unique / "a.txt", (1_700_000_000, 1_700_000_000))
     (server.root / f"{unique}2").mkdir(exist_ok=True)
@@ -112,15 +116,18 @@ def tree(server, unique) -> str:
 
 
 def test_listing_direct_children_with_folder_slash(server, tree):
-    r = server.get("/storage/contents", params={"path": tree + "/", "sort_by": "name", "order": "asc"})
+    r = server.get("/storage/contents",
+                   params={"path": tree + "/", "sort_by": "name", "order": "asc"})
     assert r.status_code == 200
     body = r.json()
     assert names(r) == ["a.txt", "b.bin", "sub/", "with space #1.txt"]
     assert body["total_files"] == 4 and body["available_regions"] == ["local"]
     sub = body["contents"][2]
-    assert sub["is_directory"] is True and sub["size_bytes"] is None and sub["creation_time"] is None
+    assert sub["is_directory"] is True
+    assert sub["size_bytes"] is None and sub["creation_time"] is None
     first = body["contents"][0]
-    assert first["size_bytes"] == 10 and first["provider_id"] == "LOCAL" and first["region"] == "local"
+    assert first["size_bytes"] == 10
+    assert first["provider_id"] == "LOCAL" and first["region"] == "local"
     assert first["creation_time"].startswith("2023-11-14T22:13:20")
 
 
@@ -131,7 +138,8 @@ def test_listing_without_trailing_slash_and_with_leading_slash(server, tree):
 
 
 def test_recursive_listing_gives_folder_totals(server, tree):
-    r = server.get("/storage/contents", params={"path": tree, "recursive": "TRUE", "sort_by": "name"})
+    r = server.get("/storage/contents",
+                   params={"path": tree, "recursive": "TRUE", "sort_by": "name"})
     sub = [e for e in r.json()["contents"] if e["name"] == "sub/"][0]
     assert sub["size_bytes"] == 12 and sub["creation_time"] is not None
 
@@ -159,7 +167,8 @@ def test_listing_missing_path_is_404_with_detail(server, tree):
 
 
 def test_listing_root_hides_server_state(server, tree):
-    assert ".storagefs/" not in names(server.get("/storage/contents", params={"path": "/", "per_page": 1000}))
+    root = server.get("/storage/contents", params={"path": "/", "per_page": 1000})
+    assert ".storagefs/" not in names(root)
     r = server.get("/storage/contents", params={"path": ".storagefs/tmp"})
     assert r.status_code == 404
 
@@ -220,7 +229,8 @@ def test_download_urls_expand_folders_but_not_siblings_with_the_same_prefix(serv
     assert paths == sorted(f"/-/{tree}/{n}" for n in
                            ["a.txt", "b.bin", "sub/c.txt", "sub/deeper/d.txt", "with space #1.txt"])
     assert all(f"{tree}2" not in p for p in paths)
-    assert "%20" in [u for u in urls if "space" in u][0] and "%23" in [u for u in urls if "space" in u][0]
+    spaced = [u for u in urls if "space" in u][0]
+    assert "%20" in spaced and "%23" in spaced
 
 
 def test_download_urls_for_several_paths_concatenate(server, tree):
@@ -280,7 +290,8 @@ def test_upload_chunked_put_then_overwrite(server, unique):
 def test_upload_urls_keep_order_and_refuse_folders(server, unique):
     urls = signed(server, "upload", f"{unique}/z", f"{unique}/a", f"{unique}/m")
     assert [urlsplit(u).path for u in urls] == [f"/-/{unique}/{n}" for n in "zam"]
-    r = server.get("/storage/signed-urls", params={"operation": "upload", "paths": f"{unique}/dir/"})
+    r = server.get("/storage/signed-urls",
+                   params={"operation": "upload", "paths": f"{unique}/dir/"})
     assert r.status_code == 400
 
 
@@ -308,7 +319,8 @@ def _tamper(url: str, **changes) -> str:
     query = dict(p.split("=", 1) for p in parts.query.split("&"))
     path = changes.pop("path", parts.path)
     query.update(changes)
-    return f"{parts.scheme}://{parts.netloc}{path}?" + "&".join(f"{k}={v}" for k, v in query.items())
+    encoded = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"{parts.scheme}://{parts.netloc}{path}?{encoded}"
 
 
 def test_signed_url_bound_to_path_method_and_expiry(server, tree):
@@ -340,8 +352,8 @@ def test_expired_signed_url_is_refused(make_server):
 
 @pytest.mark.parametrize("path", ["../etc/passwd", "a/../../x", "..", "a/..", "x\x00y"])
 @pytest.mark.parametrize("route,param", [
-    ("/storage/contents", "path"), ("/storage/zip-contents", "path"), ("/storage/signed-urls", "paths"),
-    ("/storage/zip-file-range", "path"),
+    ("/storage/contents", "path"), ("/storage/zip-contents", "path"),
+    ("/storage/signed-urls", "paths"), ("/storage/zip-file-range", "path"),
 ])
 def test_traversal_in_query_parameters_is_refused(server, route, param, path):
     params = {param: path, "operation": "download", "filename": "f"}
@@ -396,7 +408,8 @@ def test_traversal_in_object_urls_is_refused(server, unique):
 
 def test_delete_file_folder_root_and_missing(server, unique):
     put_tree(server.root / unique, {"a/b/c.txt": b"1", "a/d.txt": b"2", "e.txt": b"3"})
-    r = requests.delete(server.url + "/storage/", params={"path": f"{unique}/a/b/c.txt"}, headers=KEY)
+    r = requests.delete(server.url + "/storage/", params={"path": f"{unique}/a/b/c.txt"},
+                        headers=KEY)
     assert r.status_code == 200
     assert not (server.root / unique / "a/b").exists()  # an emptied folder goes with its file
     r = requests.delete(server.url + "/storage/", params={"path": f"{unique}/a/"}, headers=KEY)
@@ -411,7 +424,8 @@ def test_delete_file_folder_root_and_missing(server, unique):
 def test_copy_file_and_folder(server, unique):
     put_tree(server.root / unique, {"src/a.txt": b"a", "src/sub/b.txt": b"bb"})
     r = requests.post(server.url + "/storage/copy",
-                      params={"source": f"{unique}/src/a.txt", "target": f"{unique}/one.txt"}, headers=KEY)
+                      params={"source": f"{unique}/src/a.txt", "target": f"{unique}/one.txt"},
+                      headers=KEY)
     assert r.status_code == 200 and r.json()["status"] == "OK"
     assert (server.root / unique / "one.txt").read_bytes() == b"a"
     r = requests.post(server.url + "/storage/copy",
@@ -425,8 +439,11 @@ def test_copy_file_and_folder(server, unique):
 
 def test_copy_errors(server, unique):
     put_tree(server.root / unique, {"src/a.txt": b"a"})
-    post = lambda s, t: requests.post(server.url + "/storage/copy", params={"source": s, "target": t},
-                                      headers=KEY)
+
+    def post(source: str, target: str) -> requests.Response:
+        return requests.post(server.url + "/storage/copy",
+                             params={"source": source, "target": target}, headers=KEY)
+
     assert post(f"{unique}/missing", f"{unique}/x").status_code == 404
     assert post(f"{unique}/src", f"{unique}/src/inner").status_code == 400
     assert post("/", f"{unique}/x").status_code == 400
@@ -475,10 +492,11 @@ def test_upload_from_url_refuses_loopback_by_default(server, origin, unique):
     assert r.status_code == 403 and "allow-private-urls" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/x", "gopher://x/", "http:///nohost"])
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/x", "gopher://x/",
+                                 "http:///nohost"])
 def test_upload_from_url_refuses_other_schemes(server, url, unique):
-    r = requests.post(server.url + "/storage/input_remote", params={"url": url, "path": f"{unique}/x"},
-                      headers=KEY)
+    r = requests.post(server.url + "/storage/input_remote",
+                      params={"url": url, "path": f"{unique}/x"}, headers=KEY)
     assert r.status_code == 400
 
 
@@ -491,8 +509,8 @@ def test_upload_from_url_with_private_urls_allowed(make_server, origin):
     assert op["status"] == "OK" and op["name"] == "input_remote"
     assert (srv.root / "in/data.csv").read_bytes() == b"a,b\n1,2\n" * 1000
     r = requests.post(srv.url + "/storage/input_remote",
-                      params={"url": origin.replace("127.0.0.1", "127.0.0.1:1") + "/x", "path": "in/y"},
-                      headers=KEY)
+                      params={"url": origin.replace("127.0.0.1", "127.0.0.1:1") + "/x",
+                              "path": "in/y"}, headers=KEY)
     if r.status_code == 200:
         op = _wait(srv, r.json()["id"])
         assert op["status"] == "FAILED" and op["error_message"]
@@ -524,9 +542,11 @@ def test_export_refuses_private_targets_by_default(server, unique):
     r = requests.post(server.url + "/storage/export_multipart", json=body, headers=KEY)
     assert r.status_code == 403
     body["path"] = f"{unique}/missing"
-    assert requests.post(server.url + "/storage/export_multipart", json=body, headers=KEY).status_code == 404
+    r = requests.post(server.url + "/storage/export_multipart", json=body, headers=KEY)
+    assert r.status_code == 404
     body["upload_parts"] = []
-    assert requests.post(server.url + "/storage/export_multipart", json=body, headers=KEY).status_code == 422
+    r = requests.post(server.url + "/storage/export_multipart", json=body, headers=KEY)
+    assert r.status_code == 422
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -542,7 +562,8 @@ def test_metrics_count_object_bytes_and_requests(make_server):
     assert m["storagefs_object_read_bytes_total"] == 1100
     assert m['storagefs_object_reads_total{kind="range"}'] == 1
     assert m['storagefs_object_reads_total{kind="whole"}'] == 1
-    assert m['storagefs_requests_total{endpoint="/storage/signed-urls",method="GET",status="200"}'] == 1
+    assert m['storagefs_requests_total'
+             '{endpoint="/storage/signed-urls",method="GET",status="200"}'] == 1
     assert m['storagefs_requests_total{endpoint="object",method="HEAD",status="200"}'] == 1
 
 
@@ -561,7 +582,8 @@ def test_zip_contents_and_range_basics(server, unique):
         r = server.get("/storage/zip-contents", params={"path": path, "zip_relative_path": zrp,
                                                         "recursive": "false"})
         assert r.status_code == 200, r.text
-        assert sorted(e["name"] for e in r.json()["contents"]) == ["stderr.txt", "stdout.txt", "sub/"]
+        listed = sorted(e["name"] for e in r.json()["contents"])
+        assert listed == ["stderr.txt", "stdout.txt", "sub/"]
         assert r.json()["size"] == (folder / "output.zip").stat().st_size
     r = server.get("/storage/zip-contents", params={"path": path, "zip_relative_path": ""})
     assert sorted(e["name"] for e in r.json()["contents"]) == [
@@ -574,13 +596,14 @@ def test_zip_contents_and_range_basics(server, unique):
         directory, name = member.rsplit("/", 1)
         rng = server.get("/storage/zip-file-range", params={"path": path, "filename": name,
                                                             "zip_relative_path": directory}).json()
-        raw = requests.get(url, headers={"Range": f"bytes={rng['range_start']}-{rng['range_end']}"}).content
+        wanted = f"bytes={rng['range_start']}-{rng['range_end']}"
+        raw = requests.get(url, headers={"Range": wanted}).content
         assert len(raw) == rng["range_end"] - rng["range_start"] + 1 or not data
         import zlib
         assert (zlib.decompress(raw, -15) if raw else b"") == data
-    # the official client's glued prefix for nested members (PROTOCOL.md §4.3)
-    r = server.get("/storage/zip-contents", params={"path": path, "zip_relative_path": "artifactssub",
-                                                    "recursive": "false"})
+    # the official client's glued prefix for nested members (docs/protocol.md §4.3)
+    r = server.get("/storage/zip-contents",
+                   params={"path": path, "zip_relative_path": "artifactssub", "recursive": "false"})
     assert [e["name"] for e in r.json()["contents"]] == ["data.bin"]
     r = server.get("/storage/zip-file-range", params={"path": path, "filename": "data.bin",
                                                       "zip_relative_path": "artifactssub"})
@@ -594,7 +617,9 @@ def test_zip_contents_and_range_basics(server, unique):
 
 def test_zip_contents_of_non_zip_and_missing(server, unique):
     put_tree(server.root / unique, {"plain.txt": b"x", "fake.zip": b"not a zip at all"})
-    assert server.get("/storage/zip-contents", params={"path": f"{unique}/plain.txt"}).status_code == 400
-    assert server.get("/storage/zip-contents", params={"path": f"{unique}/none.zip"}).status_code == 404
+    r = server.get("/storage/zip-contents", params={"path": f"{unique}/plain.txt"})
+    assert r.status_code == 400
+    r = server.get("/storage/zip-contents", params={"path": f"{unique}/none.zip"})
+    assert r.status_code == 404
     r = server.get("/storage/zip-contents", params={"path": f"{unique}/fake.zip"})
     assert r.status_code == 422 and r.json()["detail"]

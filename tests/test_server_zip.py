@@ -43,7 +43,8 @@ def place(server, unique: str, archive: Path, name: str = "output.zip") -> str:
 
 
 def signed_url(server, path: str) -> str:
-    return server.get("/storage/signed-urls", params={"operation": "download", "paths": path}).json()[0]
+    r = server.get("/storage/signed-urls", params={"operation": "download", "paths": path})
+    return r.json()[0]
 
 
 @pytest.mark.parametrize("producer", sorted(PRODUCERS))
@@ -70,7 +71,8 @@ def test_every_member_round_trips(server, unique, tmp_path, producer):
             if entry["compressed_size"] == 0:
                 assert data == b""
                 continue
-            raw = session.get(url, headers={"Range": f"bytes={rng['range_start']}-{rng['range_end']}"})
+            wanted = f"bytes={rng['range_start']}-{rng['range_end']}"
+            raw = session.get(url, headers={"Range": wanted})
             assert raw.status_code == 206
             assert archives.decompress(rng["compress_type"], raw.content, len(data)) == data, member
 
@@ -110,8 +112,11 @@ def test_replaced_archive_is_read_again(server, unique, tmp_path):
     first, _ = archives.build_pyzip(tmp_path, {"a.txt": b"a"}, name="one.zip")
     second, _ = archives.build_pyzip(tmp_path, {"b.txt": b"bb", "c.txt": b"c"}, name="two.zip")
     path = place(server, unique, first)
-    names = lambda: sorted(e["name"] for e in server.get(
-        "/storage/zip-contents", params={"path": path}).json()["contents"])
+
+    def names() -> list[str]:
+        r = server.get("/storage/zip-contents", params={"path": path})
+        return sorted(e["name"] for e in r.json()["contents"])
+
     assert names() == ["a.txt"]
     time.sleep(0.01)
     place(server, unique, second)
@@ -139,7 +144,8 @@ def test_hostile_archives_get_a_clear_4xx_promptly(server, unique, tmp_path, lab
         # a damaged member may survive listing; asking for its range must still answer clearly
         for entry in r.json()["contents"]:
             if not entry["name"].endswith("/"):
-                rr = server.get("/storage/zip-file-range", params={"path": path, "filename": entry["name"]})
+                rr = server.get("/storage/zip-file-range",
+                                params={"path": path, "filename": entry["name"]})
                 assert rr.status_code in (200, 404, 413, 422), rr.text
         return
     assert r.status_code in (413, 422), r.text
@@ -160,8 +166,10 @@ def test_entry_limit_is_enforced(make_server, tmp_path):
         "from storagefs.server.zipindex import read_index\n"
         "from storagefs.errors import TooLarge\n"
         f"f = open({str(archive)!r}, 'rb'); import os\n"
-        f"try:\n    read_index(f, os.path.getsize({str(archive)!r}), max_entries=1000, max_cd_bytes=1<<20)\n"
+        f"try:\n    read_index(f, os.path.getsize({str(archive)!r}), max_entries=1000,"
+        " max_cd_bytes=1<<20)\n"
         "except TooLarge as e:\n    print('refused:', e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
     assert out.startswith("refused:")

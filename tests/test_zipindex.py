@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storagefs.errors import CorruptArchive, InvalidRequest, NotFound, StorageError, TooLarge
-from storagefs.server.zipindex import IndexCache, Member, ZipIndex, data_offset, read_index
+from storagefs.server.indexcache import IndexCache
+from storagefs.server.zipindex import Member, ZipIndex, data_offset, read_index
 
 import archives as A  # tests/ is on sys.path (pytest's rootdir-relative import)
 

@@ -1,13 +1,14 @@
 """Typed configuration of ``storagefs mount``: one frozen dataclass with documented defaults.
 
-Built once at the edge (the CLI or ``mount.storagefs``) from arguments; the layers below only
-read it. Where to reach the API (URL, key, region) is ``config.ClientConfig``'s business.
+Built once at the edge from arguments (``command.arguments.configs_from_args``, for both
+``storagefs mount`` and ``mount.storagefs``); the layers below only read it. Where to reach
+the API (URL, key, region) is ``config.ClientConfig``'s business.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ZIP_AS = ("dir", "file")
@@ -52,7 +53,6 @@ class MountConfig:
     ready_timeout: float = 30.0
     # Archive trees kept (each one costs memory proportional to its member count).
     max_archives: int = 64
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.zip_as not in ZIP_AS:

@@ -1,4 +1,4 @@
-"""The HTTP routes of the reference server (PROTOCOL.md §3), on FastAPI.
+"""The HTTP routes of the reference server (docs/protocol.md §3), on FastAPI.
 
 Routes only parse, call the store, the ZIP index or the operations, and shape JSON. Every
 ``StorageError`` becomes ``{"detail": "..."}`` with its status in one handler; anything else is
@@ -12,7 +12,7 @@ import hmac
 import logging
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Callable, Literal
 
 import anyio
 import anyio.to_thread
@@ -20,17 +20,19 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, protocol
 from ..config import ServerConfig
 from ..errors import AuthenticationError, InvalidRequest, NotFound, StorageError
+from ..gcpause import gc_paused
+from .indexcache import IndexCache
 from .metrics import Metrics, MetricsMiddleware
 from .operations import Operations
 from .remote import check_outbound_url, export_multipart, fetch_into
 from .signing import OBJECT_PREFIX, Signer
 from .store import Entry, LocalStore
-from ..gcpause import gc_paused
-from .zipindex import IndexCache, Member, ZipIndex, data_offset, data_offsets
+from .zipindex import DosTime, Member, ZipIndex, data_offset, data_offsets
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,11 @@ _UPLOAD_BATCH = 1024 * 1024
 # Accepted on every storage endpoint; this server has one region and ignores the provider.
 Region = Annotated[str | None, Query()]
 Provider = Annotated[str | None, Query()]
+# The listing parameters (defaults at each route); per_page goes past the official client's 100.
+SortBy = Annotated[Literal["creation_time", "size", "name"], Query()]
+Order = Annotated[Literal["asc", "desc"], Query()]
+Page = Annotated[int, Query(ge=1)]
+PerPage = Annotated[int, Query(ge=1, le=1000)]
 
 
 class _FileResponse(FileResponse):
@@ -107,7 +114,8 @@ class StorageService:
                 per_page: int) -> tuple[int, list[protocol.StorageFile]]:
         entry = self.store.entry(path)
         if entry.is_directory:
-            files = [self.storage_file(e, e.name, recursive) for e in self.store.children(entry.path)]
+            files = [self.storage_file(e, e.name, recursive)
+                     for e in self.store.children(entry.path)]
         else:
             files = [self.storage_file(entry, entry.name, recursive)]
         files = _sorted(files, sort_by, order)
@@ -132,7 +140,7 @@ class StorageService:
         with open(local, "rb") as handle:
             starts = data_offsets(handle, [m for _, m in items if m is not None], index.size)
         starts.reverse()  # popped in listing order below
-        times: dict[tuple, str | None] = {}  # DOS times have a 2 s step: many members share one
+        times: dict[DosTime, str | None] = {}  # DOS times have a 2 s step: many members share one
         with gc_paused():
             entries = [_zip_entry(name, member, None if member is None else starts.pop(), times)
                        for name, member in items]
@@ -156,7 +164,8 @@ class StorageService:
                                  compress_type=member.compress_type)
 
 
-def _sorted(files: list[protocol.StorageFile], sort_by: str, order: str) -> list[protocol.StorageFile]:
+def _sorted(files: list[protocol.StorageFile], sort_by: str,
+            order: str) -> list[protocol.StorageFile]:
     """Sort the whole listing; entries without the key (folders) go last either way."""
     key = {"name": lambda f: f.name, "size": lambda f: f.size_bytes,
            "creation_time": lambda f: f.creation_time}[sort_by]
@@ -167,7 +176,7 @@ def _sorted(files: list[protocol.StorageFile], sort_by: str, order: str) -> list
 
 
 def _zip_entry(name: str, member: Member | None, start: int | None,
-               times: dict[tuple, str | None]) -> dict:
+               times: dict[DosTime, str | None]) -> dict:
     """One ``protocol.ZipEntry`` as JSON (the same fields, in the same order, as its to_json)."""
     if member is None:
         return {"name": name, "size": 0, "compressed_size": 0, "range_start": None,
@@ -183,7 +192,7 @@ def _zip_entry(name: str, member: Member | None, start: int | None,
             "compress_type": member.compress_type, "crc32": member.crc}
 
 
-def _dos_time(date_time: tuple) -> str | None:
+def _dos_time(date_time: DosTime) -> str | None:
     """A DOS time as ISO 8601 in UTC (as ``protocol.format_time``), None if it is no date."""
     try:
         return dt.datetime(*date_time, tzinfo=dt.timezone.utc).isoformat()
@@ -244,18 +253,14 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     # -- listings ------------------------------------------------------------------------
 
-    def _contents(path, sort_by, order, recursive, page, per_page, region):
+    def _contents(path: str, sort_by: str, order: str, recursive: bool, page: int,
+                  per_page: int, region: str | None) -> tuple[int, list[protocol.StorageFile]]:
         service.check_region(region, allow_all=True)
         return service.listing(path or "", sort_by, order, recursive, page, per_page)
 
-    ListArgs = dict(
-        sort_by=Query("creation_time"), order=Query("desc"), recursive=Query(False),
-        page=Query(1, ge=1), per_page=Query(100, ge=1, le=1000))
-
     @api.get(protocol.CONTENTS)
-    def contents(path: str = "", sort_by: Literal["creation_time", "size", "name"] = ListArgs["sort_by"],
-                 order: Literal["asc", "desc"] = ListArgs["order"], recursive: bool = ListArgs["recursive"],
-                 page: int = ListArgs["page"], per_page: int = ListArgs["per_page"],
+    def contents(path: str = "", sort_by: SortBy = "creation_time", order: Order = "desc",
+                 recursive: bool = False, page: Page = 1, per_page: PerPage = 100,
                  path_filter: str | None = None, region: Region = None,
                  provider_id: Provider = None) -> JSONResponse:
         total, files = _contents(path, sort_by, order, recursive, page, per_page, region)
@@ -263,10 +268,9 @@ def create_app(config: ServerConfig) -> FastAPI:
                              "contents": [f.to_json() for f in files]})
 
     @api.get(protocol.CONTENTS_PAGINATED)
-    def contents_paginated(path: str = "", sort_by: Literal["creation_time", "size", "name"] = ListArgs["sort_by"],
-                           order: Literal["asc", "desc"] = ListArgs["order"],
-                           recursive: bool = ListArgs["recursive"], page: int = ListArgs["page"],
-                           per_page: int = ListArgs["per_page"], path_filter: str | None = None,
+    def contents_paginated(path: str = "", sort_by: SortBy = "creation_time",
+                           order: Order = "desc", recursive: bool = False, page: Page = 1,
+                           per_page: PerPage = 100, path_filter: str | None = None,
                            region: Region = None, provider_id: Provider = None) -> dict:
         total, files = _contents(path, sort_by, order, recursive, page, per_page, region)
         by_name = {}
@@ -295,7 +299,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     @api.get(protocol.COST)
     def cost() -> dict:
         gib = service.store.total_size() / 1024**3
-        return {"estimated_monthly_cost": round(gib * config.price_per_gib_month, 6), "currency": "USD"}
+        return {"estimated_monthly_cost": round(gib * config.price_per_gib_month, 6),
+                "currency": "USD"}
 
     # -- signed URLs and the objects behind them ----------------------------------------
 
@@ -322,14 +327,16 @@ def create_app(config: ServerConfig) -> FastAPI:
         return path
 
     @app.api_route(OBJECT_PREFIX + "{path:path}", methods=["GET", "HEAD"])
-    def read_object(request: Request, path: str, op: str = "", expires: str = "", sig: str = ""):
+    def read_object(request: Request, path: str, op: str = "", expires: str = "",
+                    sig: str = "") -> Response:
         _verified(request, path, op, expires, sig)
         local, entry = service.store.open_file(path)
         return _FileResponse(local, media_type="application/octet-stream",
                              headers={"x-content-length": str(entry.size)})
 
     @app.put(OBJECT_PREFIX + "{path:path}")
-    async def write_object(request: Request, path: str, op: str = "", expires: str = "", sig: str = ""):
+    async def write_object(request: Request, path: str, op: str = "", expires: str = "",
+                           sig: str = "") -> Response:
         _verified(request, path, op, expires, sig)
         try:
             written = await _store_stream(service.store, path, request)
@@ -352,7 +359,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         service.check_region(region)
         plan = service.store.copy_plan(source, target)
 
-        def work(report):
+        def work(report: Callable[[dict], None]) -> dict:
             done = 0
             for src, dst, size in plan:
                 done += service.store.copy_file(src, dst)
@@ -373,7 +380,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise InvalidRequest(f"upload from URL needs a file path, not a folder: {path!r}")
         service.store.resolve(clean)
 
-        def work(report):
+        def work(report: Callable[[dict], None]) -> dict:
             return fetch_into(service.store, clean, url, allow_private=config.allow_private_urls,
                               timeout_s=config.fetch_timeout_s, report=report)
 
@@ -387,7 +394,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             check_outbound_url(url, config.allow_private_urls)
         parts = [(p.part_number, p.part_url) for p in body.upload_parts]
 
-        def work(report):
+        def work(report: Callable[[dict], None]) -> dict:
             return export_multipart(service.store, body.path, body.parts_size, parts,
                                     body.complete_multipart_url,
                                     allow_private=config.allow_private_urls,
@@ -397,7 +404,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         return service.operations.start("export", attributes, work).to_json()
 
     @api.get(protocol.OPERATIONS)
-    def operations(page: int = Query(1, ge=1), per_page: int = Query(50, ge=1, le=50)) -> list[dict]:
+    def operations(page: int = Query(1, ge=1),
+                   per_page: int = Query(50, ge=1, le=50)) -> list[dict]:
         return [op.to_json() for op in service.operations.page(page, per_page)]
 
     @api.get(protocol.OPERATIONS + "/{operation_id}")
@@ -406,7 +414,8 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @api.post(protocol.UPDATE_OPERATION_STATUS)
     def update_operation(body: OperationUpdate = Body()) -> dict:
-        return service.operations.update(body.operation_id, body.status, body.error_message).to_json()
+        op = service.operations.update(body.operation_id, body.status, body.error_message)
+        return op.to_json()
 
     def bucket() -> dict:
         return {"provider_id": config.provider_id, "name": config.root.name or "storage",
@@ -452,10 +461,10 @@ async def _store_stream(store: LocalStore, path: str, request: Request) -> int:
 class CollapseSlashes:
     """``//storage/...`` (a base URL with a trailing slash) means ``/storage/...``."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and "//" in scope["path"]:
             scope = dict(scope, path=re.sub("/{2,}", "/", scope["path"]))
         await self.app(scope, receive, send)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter,
                                disable_created_metrics, generate_latest)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .signing import OBJECT_PREFIX
 
@@ -52,31 +53,32 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    def __init__(self, app, metrics: Metrics, known_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, known_paths: frozenset[str]) -> None:
         self.app = app
         self.metrics = metrics
         self.known = known_paths
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         label = endpoint_label(scope["path"], self.known)
         method = scope["method"]
         is_range = any(k == b"range" for k, _ in scope.get("headers", ()))
-        state = {"status": "500", "bytes": 0}
+        status, sent = "500", 0
 
-        async def counting_send(message):
+        async def counting_send(message: Message) -> None:
+            nonlocal status, sent
             if message["type"] == "http.response.start":
-                state["status"] = str(message["status"])
+                status = str(message["status"])
             elif message["type"] == "http.response.body":
-                state["bytes"] += len(message.get("body", b""))
+                sent += len(message.get("body", b""))
             await send(message)
 
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            self.metrics.requests.labels(label, method, state["status"]).inc()
-            self.metrics.bytes.labels(label, method).inc(state["bytes"])
+            self.metrics.requests.labels(label, method, status).inc()
+            self.metrics.bytes.labels(label, method).inc(sent)
             if label == "object" and method == "GET":
                 self.metrics.object_reads.labels("range" if is_range else "whole").inc()
-                self.metrics.object_read_bytes.inc(state["bytes"])
+                self.metrics.object_read_bytes.inc(sent)

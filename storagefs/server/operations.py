@@ -30,8 +30,12 @@ def _now() -> dt.datetime:
 
 
 class Operations:
+    """The operations of one server, newest last, at most ``keep`` of them."""
+
     def __init__(self, workers: int = 4, keep: int = 1000) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="operation")
+        # In start order, the oldest dropped first. Not a cachetools.FIFOCache: that moves a
+        # key to the end when its value is replaced, and every progress report replaces one.
         self._ops: OrderedDict[str, Operation] = OrderedDict()
         self._done: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -63,7 +67,8 @@ class Operations:
             if op is not None:
                 self._ops[op_id] = replace(op, attributes={**op.attributes, **attributes})
 
-    def update(self, op_id: str, status: str, error: str | None, attributes: dict | None = None) -> Operation:
+    def update(self, op_id: str, status: str, error: str | None,
+               attributes: dict | None = None) -> Operation:
         with self._lock:
             op = self._ops.get(op_id)
             if op is None:

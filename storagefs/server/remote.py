@@ -27,7 +27,8 @@ MAX_REDIRECTS = 5
 def check_outbound_url(url: str, allow_private: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise InvalidRequest(f"only http and https URLs are allowed, not {parts.scheme or 'none'!r}")
+        scheme = parts.scheme or "none"
+        raise InvalidRequest(f"only http and https URLs are allowed, not {scheme!r}")
     if not parts.hostname:
         raise InvalidRequest(f"URL has no host: {url}")
     if allow_private:
@@ -38,7 +39,7 @@ def check_outbound_url(url: str, allow_private: bool) -> None:
     except (socket.gaierror, UnicodeError):
         raise InvalidRequest(f"cannot resolve host {parts.hostname!r}") from None
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         if not address.is_global:
@@ -86,7 +87,7 @@ def fetch_into(store: LocalStore, path: str, url: str, *, allow_private: bool,
 def export_multipart(store: LocalStore, path: str, parts_size: int, parts: list[tuple[int, str]],
                      complete_url: str, *, allow_private: bool, timeout_s: float,
                      report: Callable[[dict], None]) -> dict:
-    """PUT each part's bytes to its presigned URL, then POST the completion (PROTOCOL.md §5)."""
+    """PUT each part to its presigned URL, then POST the completion (docs/protocol.md §5)."""
     local, entry = store.open_file(path)
     size = entry.size or 0
     for url in {url for _, url in parts} | {complete_url}:
@@ -124,4 +125,3 @@ def _send(session: requests.Session, method: str, url: str, body: bytes,
         raise TransferError(f"{method} {urlsplit(url).netloc} answered HTTP "
                             f"{response.status_code}: {response.text[:200]}")
     return response
-

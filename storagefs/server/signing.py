@@ -2,8 +2,8 @@
 
 A URL looks like ``{base}/-/{percent-encoded storage path}?op=download&expires=T&sig=HEX``.
 The storage path sits verbatim in the URL path because the official client derives local file
-names from it (PROTOCOL.md §3.5); the one-character ``-`` segment before it is unlikely to contain
-a user's path, since the client looks for the first occurrence of the requested path.
+names from it (docs/protocol.md §3.5); the one-character ``-`` segment before it is unlikely to
+contain a user's path, since the client looks for the first occurrence of the requested path.
 A ``download`` URL serves GET and HEAD, an ``upload`` URL serves PUT; changing the path, the
 operation or the expiry breaks the signature.
 """

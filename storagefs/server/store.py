@@ -139,7 +139,8 @@ class LocalStore:
         while probe != self.root and not probe.exists():
             probe = probe.parent
         if probe.exists() and not probe.is_dir():
-            raise Conflict(f"a file stands where a folder is needed: {probe.relative_to(self.root)}")
+            where = probe.relative_to(self.root)
+            raise Conflict(f"a file stands where a folder is needed: {where}")
         return clean, local
 
     def writer(self, path: str) -> "AtomicWriter":

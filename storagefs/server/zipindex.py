@@ -37,18 +37,13 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import mmap
-import os
-import pathlib
-import stat as _stat
 import struct
-import threading
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ..errors import CorruptArchive, NotFound, TooLarge
 from ..gcpause import gc_paused
-from ..errors import CorruptArchive, InvalidRequest, NotFound, TooLarge
 from ..protocol import zip_dir_prefix
 
 # 4.3.16 End of central directory record, 22 bytes + comment:
@@ -95,6 +90,9 @@ _FLAG_UTF8 = 0x800
 _DOS_HOSTS = frozenset({0, 6, 11, 14})  # MS-DOS/FAT, HPFS, NTFS, VFAT
 _MAX_SIZE = (1 << 63) - 1  # sizes must fit an off_t and a JSON int64
 
+DosTime = tuple[int, int, int, int, int, int]
+"""(year, month, day, hour, minute, second) as written; not always a valid date."""
+
 
 @dataclass(frozen=True, slots=True)
 class Member:
@@ -107,7 +105,7 @@ class Member:
     header_offset: int
     crc: int
     flags: int
-    date_time: tuple
+    date_time: DosTime
 
     @property
     def is_dir(self) -> bool:
@@ -183,6 +181,17 @@ class ZipIndex:
         elif member is not None:
             self._entries[index] = (name, member)
 
+    def _descendants(self, prefix: str) -> list[int]:
+        found: list[int] = []
+        stack = [prefix]
+        while stack:
+            for index in self._children[stack.pop()]:
+                found.append(index)
+                name = self._entries[index][0]
+                if name.endswith("/"):
+                    stack.append(name)
+        return found
+
     def list(self, zip_relative_path: str, recursive: bool) -> list[tuple[str, Member | None]]:
         """Entries under a directory with names relative to it; ``Member`` None when implied."""
         prefix = zip_dir_prefix(zip_relative_path)
@@ -194,17 +203,6 @@ class ZipIndex:
             indices = self._children[prefix]
         cut = len(prefix)
         return [(self._entries[i][0][cut:], self._entries[i][1]) for i in indices]
-
-    def _descendants(self, prefix: str) -> list[int]:
-        found: list[int] = []
-        stack = [prefix]
-        while stack:
-            for index in self._children[stack.pop()]:
-                found.append(index)
-                name = self._entries[index][0]
-                if name.endswith("/"):
-                    stack.append(name)
-        return found
 
     def member(self, path: str) -> Member:
         """The entry named ``path`` (exactly, or after normalizing slashes and ``.``)."""
@@ -467,7 +465,7 @@ def _unicode_path(raw: bytes, field: bytes) -> str | None:
     return _utf8(field[5:])
 
 
-def _dos_datetime(dos_date: int, dos_time: int) -> tuple:
+def _dos_datetime(dos_date: int, dos_time: int) -> DosTime:
     """4.4.6: date = (year-1980)<<9 | month<<5 | day; time = hour<<11 | minute<<5 | seconds/2."""
     return ((dos_date >> 9) + 1980, (dos_date >> 5) & 0xF, dos_date & 0x1F,
             dos_time >> 11, (dos_time >> 5) & 0x3F, (dos_time & 0x1F) * 2)
@@ -516,61 +514,3 @@ def _data_start(header: bytes, member: Member, size: int) -> int:
         raise CorruptArchive(f"member {member.name!r}: {member.compressed_size} compressed bytes "
                              f"at offset {start} run past the end of the {size}-byte archive")
     return start
-
-
-# ---------------------------------------------------------------------------------------------
-# Cache
-
-
-class IndexCache:
-    """Thread-safe LRU of parsed archives, keyed by path and validated by (size, mtime_ns).
-
-    A replaced archive has a new size or mtime, so it is read again; the stale index is dropped.
-    Parsing happens outside the lock: a slow archive does not block lookups of others (two
-    threads may parse the same new archive once each; the second result simply wins).
-    """
-
-    def __init__(self, max_entries: int, max_zip_entries: int, max_cd_bytes: int) -> None:
-        self._max_entries = max(1, max_entries)
-        self._max_zip_entries = max_zip_entries
-        self._max_cd_bytes = max_cd_bytes
-        self._lock = threading.Lock()
-        self._items: OrderedDict[str, tuple[int, int, ZipIndex]] = OrderedDict()
-
-    def get(self, path: pathlib.Path) -> ZipIndex:
-        key = str(path)
-        try:
-            with open(path, "rb") as f:
-                stat = os.fstat(f.fileno())
-                if not _stat.S_ISREG(stat.st_mode):
-                    raise InvalidRequest(f"{path} is not a file")
-                cached = self._lookup(key, stat.st_size, stat.st_mtime_ns)
-                if cached is not None:
-                    return cached
-                index = read_index(f, stat.st_size, max_entries=self._max_zip_entries,
-                                   max_cd_bytes=self._max_cd_bytes)
-        except FileNotFoundError:
-            raise NotFound(f"no archive at {path}") from None
-        except IsADirectoryError:
-            raise InvalidRequest(f"{path} is a directory, not an archive") from None
-        self._store(key, stat.st_size, stat.st_mtime_ns, index)
-        return index
-
-    def _lookup(self, key: str, size: int, mtime_ns: int) -> ZipIndex | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None or item[:2] != (size, mtime_ns):
-                return None
-            self._items.move_to_end(key)
-            return item[2]
-
-    def _store(self, key: str, size: int, mtime_ns: int, index: ZipIndex) -> None:
-        with self._lock:
-            self._items[key] = (size, mtime_ns, index)
-            self._items.move_to_end(key)
-            while len(self._items) > self._max_entries:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()

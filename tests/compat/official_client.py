@@ -7,14 +7,12 @@ for tests/test_compat_inductiva.py to check. Any exception fails the run (exit s
 import json
 import os
 import sys
-import zlib
 from pathlib import Path
 
 work = Path(sys.argv[1])
 os.chdir(work)
 
-import inductiva  # noqa: E402  (reads INDUCTIVA_API_URL at import)
-from inductiva import storage  # noqa: E402
+from inductiva import storage  # noqa: E402  (reads INDUCTIVA_API_URL at import)
 
 result = {}
 
@@ -46,8 +44,8 @@ for name in ("stdout.txt", "stored.bin"):
 result["ranges"] = ranges
 
 storage.download("compat/mydata", "dl")
-result["downloaded_folder"] = sorted(str(p.relative_to(work / "dl")) for p in (work / "dl").rglob("*")
-                                     if p.is_file())
+result["downloaded_folder"] = sorted(str(p.relative_to(work / "dl"))
+                                     for p in (work / "dl").rglob("*") if p.is_file())
 storage.download("compat/task1/output.zip/stdout.txt", "dl_member")
 storage.download("compat/task1/output.zip/stored.bin", "dl_member")
 storage.download("compat/task1/output.zip/sub/nested.txt", "dl_member")

@@ -1,0 +1,153 @@
+"""Mounting: ``run`` checks what can be checked, then serves the FUSE loop.
+
+- ``--foreground``: the FUSE loop runs in this process until unmounted or signalled.
+- otherwise: ``supervisor`` starts the same command with ``--foreground`` in a child process
+  and waits until the mount answers; the child reports through the supervisor's pipe.
+
+Logs go to ``--log-file``, else stderr (and syslog, in the background), never with the
+signatures of signed URLs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import logging.handlers
+import os
+import re
+import sys
+from typing import TYPE_CHECKING, Callable
+
+from ...config import ClientConfig
+from ...errors import EXIT_ERROR, EXIT_OK
+from ..config import MountConfig
+from .checks import MountError, check_cache_dir, check_fuse, check_mountpoint, check_storage
+from .supervisor import ready_fd, report_ready, supervise
+
+if TYPE_CHECKING:
+    from ...client import StorageClient
+
+log = logging.getLogger("storagefs.mount")
+
+
+def run(mount: MountConfig, client_config: ClientConfig,
+        make_client: Callable[[ClientConfig], StorageClient] | None = None) -> int:
+    """Mount (see the module notes); returns the exit code. ``make_client`` is injectable."""
+    if make_client is None:
+        from ...client import StorageClient
+        make_client = StorageClient
+    if not mount.debug:  # retries are logged by urllib3; the outcome is what the user needs
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+    # Checking the server fails fast; the mount itself keeps the configured retries.
+    probe_config = dataclasses.replace(client_config, retries=min(client_config.retries, 1))
+    try:
+        check_fuse()
+        check_mountpoint(mount.mountpoint, mount.option_map())
+        if mount.cache_dir is not None:
+            check_cache_dir(mount.cache_dir)
+        with make_client(probe_config) as probe:
+            check_storage(probe)
+        if not mount.foreground:
+            return supervise(mount, client_config)
+        client = make_client(client_config)
+    except MountError as exc:
+        print(f"storagefs mount: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return _serve(mount, client)
+
+
+def _serve(mount: MountConfig, client: StorageClient) -> int:
+    """The FUSE loop in this process, until unmounted or signalled."""
+    from ..backend import CachedBackend
+    from ..fuseops import StorageOperations, fuse_options, serve_forever
+    from ..read.diskcache import DiskCache
+    from ..read.reader import ReadContext
+    from ..vfs import VFS, ClientBackend
+
+    supervisor_fd = ready_fd()
+    _setup_logging(mount, background=supervisor_fd is not None)
+    options = mount.option_map()
+    backend = CachedBackend(ClientBackend(client, client.config.region),
+                            ttl=mount.metadata_ttl, negative_ttl=mount.negative_ttl,
+                            max_archives=mount.max_archives)
+    disk = DiskCache(mount.cache_dir, mount.cache_dir_size) if mount.cache_dir else None
+    vfs = VFS(backend, zip_as_dir=mount.zip_as == "dir", window=mount.window_bytes,
+              max_archives=mount.max_archives, negative_ttl=mount.negative_ttl,
+              context=ReadContext(mount.cache_size), disk=disk)
+
+    def ready() -> None:
+        log.info("mounted %s at %s", client.config.api_url, mount.mountpoint)
+        if supervisor_fd is not None:
+            report_ready(supervisor_fd)
+            _detach_output(mount)
+
+    uid = int(options["uid"]) if str(options.get("uid", "")).isdigit() else None
+    gid = int(options["gid"]) if str(options.get("gid", "")).isdigit() else None
+    operations = StorageOperations(vfs, uid=uid, gid=gid, on_ready=ready)
+    try:
+        serve_forever(operations, str(mount.mountpoint),
+                      fuse_options(options, metadata_ttl=mount.metadata_ttl))
+    except RuntimeError:  # fusepy: fuse_main failed; libfuse printed why just before
+        print(f"storagefs mount: FUSE refused to mount {mount.mountpoint}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        client.close()
+    log.info("unmounted %s", mount.mountpoint)
+    return EXIT_OK
+
+
+def _setup_logging(mount: MountConfig, background: bool) -> None:
+    level = logging.DEBUG if mount.debug else (logging.INFO if mount.log_file else logging.WARNING)
+    root = logging.getLogger("storagefs")
+    root.setLevel(level)
+    root.propagate = False
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler: logging.Handler
+    if mount.log_file:
+        handler = logging.FileHandler(mount.log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+    if background and not mount.log_file and os.path.exists("/dev/log"):
+        try:
+            syslog = logging.handlers.SysLogHandler(address="/dev/log")
+            syslog.setFormatter(logging.Formatter("storagefs[%(process)d]: %(message)s"))
+            syslog.setLevel(logging.WARNING)
+            root.addHandler(syslog)
+        except OSError:
+            pass
+    handler.addFilter(_redact_signatures)
+    # Every HTTP request (urllib3, at debug) and fusepy's own complaints, in the same place.
+    # fusepy's debug lines only repeat, with tracebacks, the errno we chose: left out.
+    for name, level in (("urllib3", logging.DEBUG if mount.debug else logging.WARNING),
+                        ("fuse", logging.WARNING)):
+        other = logging.getLogger(name)
+        other.setLevel(level)
+        other.propagate = False
+        for old in list(other.handlers):
+            other.removeHandler(old)
+        other.addHandler(handler)
+
+
+_SIGNATURE = re.compile(r"((?:sig|signature|x-goog-signature|x-amz-signature|x-goog-credential"
+                        r"|x-amz-credential|x-amz-security-token)=)[^&\s\"']+", re.I)
+
+
+def _redact_signatures(record: logging.LogRecord) -> bool:
+    """Signed URLs are credentials while they last: logs keep their path, not their signature."""
+    message = record.getMessage()
+    redacted = _SIGNATURE.sub(r"\1…", message)
+    if redacted != message:
+        record.msg, record.args = redacted, ()
+    return True
+
+
+def _detach_output(mount: MountConfig) -> None:
+    """Background child, once mounted: stdout/stderr no longer go to the parent's files."""
+    target = os.open(mount.log_file or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    for fd in (1, 2):
+        os.dup2(target, fd)
+    os.close(target)
