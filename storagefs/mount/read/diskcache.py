@@ -41,9 +41,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Hashable
 
-log = logging.getLogger(__name__)
+from ...zipfmt import Fetch
 
-Fetch = Callable[[int, int], bytes]
+log = logging.getLogger(__name__)
 
 GRANULE = 1 << 20
 _HEADER = struct.Struct("<4sB3xIII")
@@ -105,11 +105,12 @@ class DiskCache:
             lo, hi = max(start, index * g), min(end, (index + 1) * g)
             spans.append((index, lo, hi))
             pieces.append(self._load(folder, index, lo, hi))
-        out = []
+        out: list[bytes] = []
         i = 0
         while i < len(spans):
-            if pieces[i] is not None:
-                out.append(pieces[i])
+            piece = pieces[i]
+            if piece is not None:
+                out.append(piece)
                 i += 1
                 continue
             j = i
@@ -247,10 +248,10 @@ class DiskCache:
                     except OSError:
                         pass
                     continue
-                index, _, lo = entry.name.partition("-")
+                index_s, _, lo_s = entry.name.partition("-")
                 try:
                     st = entry.stat()
-                    index_n, lo_n = int(index), int(lo)
+                    index_n, lo_n = int(index_s), int(lo_s)
                 except (OSError, ValueError):
                     continue
                 hi_n = lo_n + st.st_size - _HEADER.size  # checked against the header on use
