@@ -12,18 +12,9 @@ every handle. ``DiskCache`` can keep fetched ranges on disk across mounts. The n
 all this are in ``tuning.ReadTuning``; each module's docstring explains its part.
 """
 
-from .context import ReadContext, default_context
+from .context import ReadContext
 from .diskcache import DiskCache
 from .reader import FileReader, MemberReader, RangeReader
-from .tuning import TUNING, ReadTuning
+from .tuning import ReadTuning
 
-__all__ = [
-    "DiskCache",
-    "FileReader",
-    "MemberReader",
-    "RangeReader",
-    "ReadContext",
-    "ReadTuning",
-    "TUNING",
-    "default_context",
-]
+__all__ = ["DiskCache", "FileReader", "MemberReader", "RangeReader", "ReadContext", "ReadTuning"]
