@@ -24,8 +24,6 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import pytest
-import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +33,7 @@ from storagefs.mount.backend import CachedBackend
 from storagefs.client import StorageClient
 from storagefs.config import ClientConfig
 from storagefs.errors import StorageError
-from storagefs.mount.read.reader import MemberReader
+from storagefs.mount.read import MemberReader
 from storagefs.mount.vfs import VFS, ClientBackend
 
 from archives import RawEntry, mixed_bytes, text_bytes, write_raw_zip

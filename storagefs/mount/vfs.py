@@ -41,8 +41,8 @@ from .. import protocol
 from ..errors import (CorruptArchive, InvalidRequest, IsADirectory, NotADirectory, NotFound,
                       PermissionDenied, TooLarge)
 from ..gcpause import gc_paused
-from .read.diskcache import DiskCache
-from .read.reader import MemberReader, RangeReader, ReadContext, archive_crc
+from ..zipfmt.local import archive_crc
+from .read import DiskCache, FileReader, MemberReader, RangeReader, ReadContext
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ class VFS:
             raise NotADirectory(f"not a folder: {entry.path}")
         return list(self._children(entry, archive))
 
-    def open(self, path: str):
+    def open(self, path: str) -> FileReader:
         """A reader (``read(offset, length)``, ``close()``) for a file or member."""
         entry = self.lookup(path)
         if entry.is_dir:
@@ -288,8 +288,8 @@ class VFS:
         if self.disk is not None:
             fetch = self.disk.wrap(fetch, identity)
         if entry.kind == FILE:
-            return RangeReader(fetch, entry.size, window=self.window, name=entry.path,
-                               context=self.context, key=identity)
+            return RangeReader(fetch, entry.size, name=entry.path, context=self.context,
+                               key=identity)
         member = entry.member
         assert member is not None
         data_start, compressed, method = self._member_range(entry)
