@@ -60,8 +60,7 @@ def _serve(mount: MountConfig, client: StorageClient) -> int:
     """The FUSE loop in this process, until unmounted or signalled."""
     from ..backend import CachedBackend
     from ..fuseops import StorageOperations, fuse_options, serve_forever
-    from ..read.diskcache import DiskCache
-    from ..read.reader import ReadContext
+    from ..read import DiskCache, ReadContext
     from ..vfs import VFS, ClientBackend
 
     supervisor_fd = ready_fd()
