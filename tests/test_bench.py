@@ -11,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import require_fuse
+import pytest
+
+from mountharness import require_fuse
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_bench_quick_produces_a_table(tmp_path):
     require_fuse()
     out = tmp_path / "bench.json"

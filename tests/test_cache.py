@@ -1,4 +1,4 @@
-"""The mount's data caches: the memory budget (``BlockCache``) and ranges on disk (``DiskCache``)."""
+"""The mount's data caches: the memory budget (``BlockCache``), ranges on disk (``DiskCache``)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from storagefs.config import ClientConfig
 from storagefs.errors import AuthenticationError, InvalidRequest, NotFound
 from storagefs.storage.s3export import _get_multipart_parts
 
+from serverharness import start_server
+
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 
@@ -47,10 +49,8 @@ def aws(s3_endpoint, monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def export_server(tmp_path_factory):
     """A server allowed to reach 127.0.0.1 (where moto listens)."""
-    import conftest
-
     base = tmp_path_factory.mktemp("export-server")
-    handle = conftest.start_server(base / "root", base, "--allow-private-urls")
+    handle = start_server(base / "root", base, "--allow-private-urls")
     yield handle
     handle.stop()
 

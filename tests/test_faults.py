@@ -14,12 +14,12 @@ import time
 import pytest
 
 from storagefs import storage
-from storagefs.mount.backend import CachedBackend
+from storagefs.mount.backend import CachedBackend, ClientBackend
 from storagefs.client import StorageClient
 from storagefs.config import ClientConfig
 from storagefs.errors import (CorruptArchive, PermissionDenied, ServerError, StorageError,
                               Timeout, TransferError)
-from storagefs.mount.vfs import VFS, ClientBackend
+from storagefs.mount.vfs import VFS
 
 from archives import build_pyzip, mixed_bytes, text_bytes
 from faultproxy import FaultProxy

@@ -24,22 +24,21 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import pytest
-import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storagefs import protocol
 from storagefs.zipfmt import codecs
-from storagefs.mount.backend import CachedBackend
+from storagefs.mount.backend import CachedBackend, ClientBackend
 from storagefs.client import StorageClient
 from storagefs.config import ClientConfig
 from storagefs.errors import StorageError
-from storagefs.mount.read.reader import MemberReader
-from storagefs.mount.vfs import VFS, ClientBackend
+from storagefs.mount.read import MemberReader
+from storagefs.mount.vfs import VFS
 
 from archives import RawEntry, mixed_bytes, text_bytes, write_raw_zip
-from conftest import require_fuse
+from figures import FIGURES
+from mountharness import force_unmount, foreground_mount, require_fuse, storagefs
 
 KiB, MiB = 1 << 10, 1 << 20
 WINDOW = 128 * KiB  # the reader's smallest window: members above it are "large"
@@ -174,8 +173,6 @@ def _verify(case, figures) -> None:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(damaged())
 def test_damaged_members_never_yield_wrong_bytes(damage):
-    from conftest import FIGURES
-
     _verify(_case(*damage), FIGURES)
     FIGURES["damaged member inputs tried (reader, codecs)"] += 1
 
@@ -300,8 +297,6 @@ HOSTILE_NAMES = [
 
 def test_hostile_names_through_the_mount(server, unique, tmp_path, figures):
     require_fuse()
-    from test_mount import force_unmount, storagefs
-
     entries = [RawEntry(name, data, flags=0x800) for name, data in HOSTILE_NAMES]
     (server.root / unique).mkdir(parents=True, exist_ok=True)
     write_raw_zip(server.root / unique / "names.zip", entries)
@@ -354,8 +349,6 @@ def test_decompression_bomb_through_the_mount_stays_bounded(server, unique, tmp_
     """256 MiB of zeros in a 0.25 MiB member, honest about its size: reading its start, its
     end and all of it keeps the mount within its memory budget."""
     require_fuse()
-    from test_mount import foreground_mount
-
     size = 256 * MiB
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     chunk = b"\0" * (8 * MiB)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import inspect
 import os
 import shutil
 import signal
@@ -26,15 +27,16 @@ from pathlib import Path
 import pytest
 
 from storagefs import protocol
-from storagefs.mount.backend import CachedBackend
 from storagefs.errors import CorruptArchive
+from storagefs.mount.backend import CachedBackend
 from storagefs.mount.vfs import VFS
 
 from archives import (MissingTool, RawEntry, build_7zz, build_legacy_names, build_pyzip,
                       build_stream_zip, build_zip_cli, mixed_bytes, sample_files, text_bytes,
                       write_raw_zip)
-from conftest import require_fuse
-from test_vfs import FakeStorage
+from fakes import FakeStorage
+from mountharness import (assert_clean_log, force_unmount, foreground_mount, mount_args,
+                          object_reads, require_fuse, storagefs)
 
 ROOT = "mnt-tests"  # this module's top-level folder in the shared server
 MiB = 1 << 20
@@ -97,6 +99,28 @@ def test_lean_getattr_fills_the_stat_as_fusepy_would(ops):
         assert filled[0] == filled[1], path
     # No xattr callbacks: libfuse answers ENOSYS and the kernel stops asking.
     assert operations.getxattr is None and operations.listxattr is None
+
+
+def test_operations_have_fusepy_parameters():
+    """mypy checks ``StorageOperations`` against ``FuseOperations`` (fusepy ships no types);
+    here ``FuseOperations`` and every call answered are checked against fusepy's own."""
+    fuse = pytest.importorskip("fuse", exc_type=OSError)
+    from storagefs.mount.fuseops import FuseOperations, StorageOperations
+
+    def parameters(function) -> list[tuple[str, object]]:
+        return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
+
+    answered = {name for name, value in vars(StorageOperations).items()
+                if callable(value) and name in vars(fuse.Operations)}
+    described = {name for name, value in vars(FuseOperations).items()
+                 if callable(value) and name in vars(fuse.Operations)}
+    assert answered == described
+    for name in sorted(described):
+        expected = parameters(getattr(fuse.Operations, name))
+        assert parameters(getattr(FuseOperations, name)) == expected, name
+        ours = parameters(getattr(StorageOperations, name))
+        if ours != [("self", inspect.Parameter.empty), ("args", inspect.Parameter.empty)]:
+            assert ours == expected, name  # (the writes take any arguments: they refuse all)
 
 
 def test_operations_errors_become_errno(ops, monkeypatch):
@@ -247,82 +271,6 @@ def served(server, tmp_path_factory) -> Served:
     return result
 
 
-# -- mounting helpers ---------------------------------------------------------------------------
-
-
-def storagefs(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "storagefs", *args], capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
-
-
-def force_unmount(mountpoint: Path) -> None:
-    for cmd in (["fusermount", "-u", str(mountpoint)], ["fusermount", "-uz", str(mountpoint)]):
-        try:
-            os.stat(mountpoint)
-            if not os.path.ismount(mountpoint):
-                return
-        except OSError:
-            pass  # stale: still needs unmounting
-        subprocess.run(cmd, capture_output=True, timeout=30)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                if not os.path.ismount(mountpoint):
-                    os.stat(mountpoint)
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-
-
-def wait_mounted(mountpoint: Path, process: subprocess.Popen | None = None,
-                 timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"mount exited with {process.returncode}: "
-                                 f"{process.stderr.read() if process.stderr else ''}")
-        if os.path.ismount(mountpoint):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{mountpoint} not mounted within {timeout} s")
-
-
-def mount_args(server, mountpoint: Path, log: Path, *extra: str) -> list[str]:
-    return ["mount", str(mountpoint), "--api-url", server.url, "--api-key", server.api_key,
-            "--log-file", str(log), *extra]
-
-
-@contextlib.contextmanager
-def foreground_mount(server, mountpoint: Path, log: Path, *extra: str, env: dict | None = None):
-    """A foreground mount (unmounted, and its process gone, afterwards); ``server`` needs only
-    ``url`` and ``api_key``."""
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen([sys.executable, "-m", "storagefs",
-                                *mount_args(server, mountpoint, log, *extra), "--foreground"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        wait_mounted(mountpoint, process)
-        yield process
-    finally:
-        force_unmount(mountpoint)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def assert_clean_log(log: Path) -> None:
-    text = log.read_text() if log.exists() else ""
-    assert "Traceback" not in text, text[-3000:]
-
-
-def object_reads(server) -> float:
-    return sum(v for k, v in server.metrics().items()
-               if k.startswith("storagefs_object_reads_total"))
-
-
 @pytest.fixture(scope="module")
 def mnt(server, served, tmp_path_factory):
     """The module's mount, in the background mode users get by default."""
@@ -372,7 +320,8 @@ def test_walks_show_everything_and_read_no_data(server, served, mnt):
     for archive, members in served.archives.items():
         for member, data in members.items():
             assert os.stat(mnt / archive / member).st_size == len(data)
-    out = run("stat", "-c", "%s %F %h", str(mnt / ROOT / "task-0001/output.zip/artifacts/stdout.txt"))
+    out = run("stat", "-c", "%s %F %h",
+              str(mnt / ROOT / "task-0001/output.zip/artifacts/stdout.txt"))
     assert out.stdout.split()[:2] == [str(len(_task_files()["artifacts/stdout.txt"])), "regular"]
     archive = mnt / ROOT / "task-0001" / "output.zip"
     apparent = run("du", "-s", "-B1", "--apparent-size", str(archive)).stdout.split()[0]

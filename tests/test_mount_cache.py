@@ -14,8 +14,7 @@ import zipfile
 import pytest
 
 from archives import mixed_bytes, text_bytes
-from conftest import require_fuse
-from test_mount import assert_clean_log, foreground_mount, object_reads
+from mountharness import assert_clean_log, foreground_mount, object_reads, require_fuse
 
 ROOT = "mnt-cache-tests"
 MiB = 1 << 20

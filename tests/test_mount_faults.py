@@ -21,7 +21,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,9 +29,9 @@ from types import SimpleNamespace
 import pytest
 
 from archives import build_pyzip, mixed_bytes, text_bytes
-from conftest import free_port, require_fuse, start_server
 from faultproxy import FaultProxy
-from test_mount import assert_clean_log, force_unmount, foreground_mount
+from mountharness import assert_clean_log, foreground_mount, require_fuse
+from serverharness import free_port, start_server
 
 MiB = 1 << 20
 OBJECTS = "^/-/"

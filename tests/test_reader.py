@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from storagefs import protocol
-from storagefs.mount.read.blockcache import BlockCache
 from storagefs.errors import CorruptArchive, TransferError, UnsupportedMethod
+from storagefs.mount.read import MemberReader, RangeReader, ReadContext
+from storagefs.mount.read.blockcache import BlockCache
 from storagefs.mount.read.readahead import RangeFeed, ReadAhead
-from storagefs.mount.read.reader import (MemberReader, RangeReader, ReadContext, _FastInflater,
-                              archive_crc)
+from storagefs.zipfmt.inflate import FastInflater
+from storagefs.zipfmt.local import archive_crc
 
 from archives import (MissingTool, RawEntry, build_7zz, build_pyzip, build_stream_zip,
                       mixed_bytes, read_local_data_offset, text_bytes, write_raw_zip)
@@ -110,7 +111,7 @@ METHODS = ["store", "deflate", "bzip2", "lzma", "deflate64", "zstd"]
 
 def test_range_reader_sequential_reads_grow_and_stay_few():
     source = Source(BIG)
-    reader = RangeReader(source, len(BIG), window=1 * MiB)
+    reader = RangeReader(source, len(BIG))
     assert read_all(reader, len(BIG)) == BIG
     # 128 KiB kernel reads, requests doubling to the 1 MiB window: far fewer than 26 requests.
     assert len(source.calls) <= 6
@@ -119,7 +120,7 @@ def test_range_reader_sequential_reads_grow_and_stay_few():
 
 def test_range_reader_random_reads_and_edges():
     source = Source(SMALL)
-    reader = RangeReader(source, len(SMALL), window=256 * KiB)
+    reader = RangeReader(source, len(SMALL))
     rng = random.Random(3)
     for _ in range(200):
         offset = rng.randrange(len(SMALL) + 10)
@@ -343,7 +344,7 @@ def test_snapshots_bound_what_a_random_read_inflates(huge_archive):
     context = ReadContext(64 * MiB, interval=1 * MiB)
     reader, source, _ = member_of(huge_archive, "huge.txt", window=256 * KiB, context=context)
     assert read_all(reader, len(HUGE)) == HUGE
-    if _FastInflater.available:  # a sequential pass decodes with the faster inflater
+    if FastInflater.available:  # a sequential pass decodes with the faster inflater
         assert context.cache.stats()["kept"] == 0
     # The first random read decodes from the start (or the pass's snapshots) and leaves a
     # snapshot every MiB on its way.
@@ -560,7 +561,7 @@ def test_memory_stays_in_the_budget_with_many_readers(tmp_path):
 
 
 def test_zlib_ng_is_used_when_installed_and_its_inflater_copies():
-    from storagefs import codecs
+    from storagefs.zipfmt import codecs
 
     try:
         from zlib_ng import zlib_ng

@@ -25,7 +25,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import require_fuse
+from mountharness import force_unmount, require_fuse, storagefs
+from serverharness import start_server
 
 KEY = "test-key.123"
 MARKER = "TOP-SECRET-CONTENT"
@@ -51,8 +52,6 @@ PATH_PARAMETERS = [
 @pytest.fixture(scope="module")
 def jail(tmp_path_factory):
     """A server whose root has an archive, a file, and symlinks to a folder outside it."""
-    from conftest import start_server
-
     base = tmp_path_factory.mktemp("jail")
     outside = base / "outside"
     outside.mkdir()
@@ -291,7 +290,7 @@ def test_upload_from_url_cannot_reach_inside_addresses(server, url, unique):
     assert not (server.root / unique / "x").exists()
 
 
-# -- a mount is its user's --------------------------------------------------------------------------
+# -- a mount is its user's ------------------------------------------------------------------------
 
 def _as_nobody(*cmd: str) -> subprocess.CompletedProcess:
     def drop() -> None:
@@ -306,8 +305,6 @@ def _as_nobody(*cmd: str) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_mount_is_private_unless_allow_other(server, unique, figures):
     require_fuse()
-    from test_mount import force_unmount, storagefs
-
     (server.root / unique).mkdir(parents=True, exist_ok=True)
     (server.root / unique / "f.txt").write_bytes(b"for my eyes\n")
     base = Path(tempfile.mkdtemp(prefix="storagefs-private-", dir="/tmp"))
@@ -341,8 +338,6 @@ def test_mount_is_private_unless_allow_other(server, unique, figures):
 def test_mount_shows_files_read_only(server, unique):
     """Mode bits say what the mount allows: nobody may write, whatever -o umask says."""
     require_fuse()
-    from test_mount import force_unmount, storagefs
-
     (server.root / unique).mkdir(parents=True, exist_ok=True)
     (server.root / unique / "f.txt").write_bytes(b"x")
     base = Path(tempfile.mkdtemp(prefix="storagefs-ro-"))
@@ -367,8 +362,6 @@ def test_disk_cache_is_private(server, unique, tmp_path, figures):
     """What a private mount fetched must not be readable, or replaceable, by other users
     through its --cache-dir."""
     require_fuse()
-    from test_mount import force_unmount, storagefs
-
     (server.root / unique).mkdir(parents=True, exist_ok=True)
     (server.root / unique / "f.txt").write_bytes(b"cached secret\n" * 1000)
     base = Path(tempfile.mkdtemp(prefix="storagefs-cache-", dir="/tmp"))

@@ -79,7 +79,7 @@ def test_generated_key_is_printed(tmp_path):
     import subprocess
     import sys
 
-    from conftest import free_port
+    from serverharness import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "storagefs", "serve", str(tmp_path / "r"),

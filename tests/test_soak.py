@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import require_fuse
+import pytest
+
+from mountharness import require_fuse
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
 
 
+@pytest.mark.slow
 def test_soak_32_readers_nothing_lost(tmp_path, figures):
     require_fuse()
     out = tmp_path / "soak.json"

@@ -2,108 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import io
 import threading
 import time
-import zipfile
 
 import pytest
 
 from storagefs import protocol
+from storagefs.errors import (CorruptArchive, InvalidRequest, IsADirectory, NotADirectory,
+                              NotFound, PermissionDenied, ServerError)
 from storagefs.mount.backend import CachedBackend, MetadataCache, SignedUrlCache, url_expiry
-from storagefs.errors import CorruptArchive, InvalidRequest, NotFound, PermissionDenied
-from storagefs.errors import IsADirectory, NotADirectory
 from storagefs.mount.vfs import ARCHIVE, FILE, FOLDER, MEMBER, MEMBER_DIR, VFS, safe_parts
 
-from archives import build_pyzip, build_stream_zip, mixed_bytes, read_local_data_offset, sample_files
-
-WHEN = dt.datetime(2025, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
-
-
-class FakeStorage:
-    """A ``vfs.Backend`` over ``{storage path: bytes}``, counting what it is asked."""
-
-    def __init__(self, files: dict[str, bytes], *, with_crc: bool = True) -> None:
-        self.files = dict(files)
-        self.with_crc = with_crc
-        self.listings: dict[str, protocol.ZipListing] = {}  # hand-made archive listings
-        self.calls: list[tuple] = []
-        self.refuse_reads = 0  # answer this many reads with 403
-        self.broken_ranges = False
-
-    def _folders(self) -> set[str]:
-        found = {""}
-        for path in self.files:
-            parts = path.split("/")[:-1]
-            for i in range(1, len(parts) + 1):
-                found.add("/".join(parts[:i]))
-        return found
-
-    def list_folder(self, path: str, max_age=None) -> list[protocol.StorageFile]:
-        self.calls.append(("list", path))
-        if path not in self._folders():
-            raise NotFound(f"no folder {path}")
-        prefix = path + "/" if path else ""
-        names: dict[str, protocol.StorageFile] = {}
-        for name, data in self.files.items():
-            if not name.startswith(prefix):
-                continue
-            rest = name[len(prefix):]
-            head, sep, _ = rest.partition("/")
-            if sep:
-                names[head + "/"] = protocol.StorageFile(head + "/", None, None, True, "LOCAL", "r")
-            else:
-                names[head] = protocol.StorageFile(head, len(data), WHEN, False, "LOCAL", "r")
-        return sorted(names.values(), key=lambda f: f.name)
-
-    def zip_listing(self, path: str, version=None) -> protocol.ZipListing:
-        self.calls.append(("zip", path))
-        if path in self.listings:
-            return self.listings[path]
-        data = self.files[path]
-        entries = []
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            for info in zf.infolist():
-                start = read_local_data_offset(io.BytesIO(data), info.header_offset)
-                entries.append(protocol.ZipEntry(
-                    name=info.filename, size=info.file_size, compressed_size=info.compress_size,
-                    range_start=start, creation_time=dt.datetime(*info.date_time),
-                    compress_type=info.compress_type, crc32=info.CRC if self.with_crc else None))
-        return protocol.ZipListing(size=len(data), contents=entries)
-
-    def member_range(self, path: str, member: str, version=None) -> protocol.ZipRange:
-        self.calls.append(("range", path, member))
-        if self.broken_ranges:
-            raise InvalidRequest("path may not contain '..'")
-        for entry in self.zip_listing(path).contents:
-            if entry.name == member:
-                return protocol.ZipRange(entry.range_start,
-                                         entry.range_start + entry.compressed_size - 1,
-                                         entry.compress_type)
-        raise NotFound(member)
-
-    def space_used(self) -> int:
-        self.calls.append(("space",))
-        return sum(len(d) for d in self.files.values())
-
-    def download_url(self, path: str) -> str:
-        self.calls.append(("url", path))
-        return f"mem:///{path}?expires={int(time.time()) + 3600}"
-
-    def forget_url(self, path: str) -> None:
-        self.calls.append(("forget", path))
-
-    def read_range(self, url: str, start: int, end_inclusive: int) -> bytes:
-        self.calls.append(("read", url, start, end_inclusive))
-        if self.refuse_reads:
-            self.refuse_reads -= 1
-            raise PermissionDenied("signed URL has expired")
-        path = url[len("mem:///"):].split("?")[0]
-        return self.files[path][start:end_inclusive + 1]
-
-    def count(self, kind: str) -> int:
-        return sum(1 for call in self.calls if call[0] == kind)
+from archives import build_pyzip, build_stream_zip, mixed_bytes, sample_files
+from fakes import WHEN, FakeStorage
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +73,8 @@ def test_folders_files_and_archives(storage_files):
 
 def test_missing_paths_and_wrong_kinds(storage_files):
     vfs, _ = make_vfs(storage_files)
-    for path in ("/nope", "/task1/nope.txt", "/task1/output.zip/nope", "/task1/output.zip/artifacts/x"):
+    for path in ("/nope", "/task1/nope.txt", "/task1/output.zip/nope",
+                 "/task1/output.zip/artifacts/x"):
         with pytest.raises(NotFound):
             vfs.lookup(path)
     with pytest.raises(NotADirectory):
@@ -237,7 +151,8 @@ def test_inode_numbers_are_stable(storage_files):
     clock = [0.0]
     storage = FakeStorage(storage_files)
     vfs = VFS(CachedBackend(storage, ttl=10, clock=lambda: clock[0]))
-    paths = ["/task1", "/task1/notes.txt", "/task1/output.zip", "/task1/output.zip/artifacts/stdout.txt"]
+    paths = ["/task1", "/task1/notes.txt", "/task1/output.zip",
+             "/task1/output.zip/artifacts/stdout.txt"]
     first = [vfs.lookup(p).ino for p in paths]
     clock[0] += 100  # listings expire and are fetched again
     second = [vfs.lookup(p).ino for p in paths]
@@ -295,10 +210,24 @@ def test_read_every_member_and_file(storage_files, with_crc):
 
 
 def test_member_range_falls_back_to_the_listing(storage_files):
+    """The listing's data offsets are read without asking ``zip-file-range`` (which refuses
+    names with '..', say); a listing without them falls back to asking it, once per member."""
     vfs, storage = make_vfs(storage_files)
     storage.broken_ranges = True
     data = sample_files()["artifacts/stdout.txt"]
     assert read_whole(vfs, "/task1/output.zip/artifacts/stdout.txt") == data
+    assert storage.count("range") == 0
+
+    listing = storage.zip_listing("task1/output.zip")
+    storage.listings["task1/output.zip"] = protocol.ZipListing(listing.size, [
+        dataclasses.replace(entry, range_start=None) for entry in listing.contents])
+    vfs, storage.broken_ranges = VFS(CachedBackend(storage)), False
+    for _ in range(2):
+        assert read_whole(vfs, "/task1/output.zip/artifacts/stdout.txt") == data
+    assert storage.calls.count(("range", "task1/output.zip", "artifacts/stdout.txt")) == 1
+    storage.broken_ranges = True  # no offsets anywhere: an error, never a guess
+    with pytest.raises(InvalidRequest):
+        VFS(CachedBackend(storage)).open("/task1/output.zip/artifacts/stdout.txt")
 
 
 def test_refused_url_is_renewed_once(storage_files):
@@ -408,18 +337,50 @@ def test_signed_urls_are_reused_until_shortly_before_expiry():
     assert cache.get("y", lambda: "http://h/y2") == "http://h/y2"
 
 
-def test_cached_backend_keys_archives_by_version(storage_files):
+def test_archive_trees_are_kept_by_version(storage_files):
+    clock = [0.0]
     storage = FakeStorage(storage_files)
-    backend = CachedBackend(storage, ttl=0.0001)
-    backend.zip_listing("task1/output.zip", (1, 2))
-    time.sleep(0.01)
-    backend.zip_listing("task1/output.zip", (1, 2))  # archives outlive the metadata TTL
-    assert storage.count("zip") == 1
-    backend.zip_listing("task1/output.zip", (3, 4))  # replaced archive: a new listing
+    vfs = VFS(CachedBackend(storage, ttl=10, clock=lambda: clock[0]))
+    vfs.lookup("/task1/output.zip/artifacts/stdout.txt")
+    clock[0] += 100
+    vfs.lookup("/task1/output.zip/artifacts/stdout.txt")  # archives outlive the metadata TTL
+    assert storage.count("zip") == 1 and storage.count("list") == 4
+    storage.files["task1/output.zip"] = storage_files["task2/output.zip"]
+    clock[0] += 100
+    assert vfs.lookup("/task1/output.zip/logs/run.log").size == 300_000  # replaced: a new tree
     assert storage.count("zip") == 2
+
+
+def test_concurrent_lookups_list_a_new_archive_once(storage_files):
+    storage = FakeStorage(storage_files)
+    listed = storage.zip_listing
+
+    def slow_listing(path: str, version=None) -> protocol.ZipListing:
+        time.sleep(0.2)
+        return listed(path, version)
+
+    storage.zip_listing = slow_listing  # type: ignore[method-assign]
+    vfs = VFS(CachedBackend(storage))
+    vfs.lookup("/task1/output.zip")
+    threads = [threading.Thread(target=vfs.lookup, args=(f"/task1/output.zip/{name}",))
+               for name in sample_files()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert storage.count("zip") == 1
 
 
 def test_space_used(storage_files):
     vfs, _ = make_vfs(storage_files)
     assert vfs.space_used() == sum(len(d) for d in storage_files.values())
 
+
+def test_space_used_unknown_is_zero(storage_files, monkeypatch):
+    vfs, storage = make_vfs(storage_files)
+
+    def unavailable() -> int:
+        raise ServerError("503 Service Unavailable")
+
+    monkeypatch.setattr(storage, "space_used", unavailable)
+    assert vfs.space_used() == 0  # df answers; the mount's log says why

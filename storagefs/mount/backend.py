@@ -1,14 +1,18 @@
-"""Caches for the mount: metadata with a TTL, and signed URLs until shortly before they expire.
+"""The mount's backend: the storage calls the tree needs, and their metadata caches.
 
-``CachedBackend`` wraps a ``vfs.Backend`` and is one itself (gcsfuse's ``fast_stat_bucket`` is
-the model): folder listings, archive listings, member ranges and the space used are kept for
-``ttl`` seconds, "not found" for the shorter ``negative_ttl`` (shells and file managers probe
-many missing names), and download URLs until shortly before the expiry they carry.
+``Backend`` is what ``vfs.VFS`` asks of the storage; ``ClientBackend`` answers it with
+``client.StorageClient`` calls, uncached. ``CachedBackend`` wraps a ``Backend`` and is one
+itself (gcsfuse's ``fast_stat_bucket`` is the model): folder listings and the space used are
+kept for ``ttl`` seconds, member ranges per archive version (which fixes them), "not found"
+for the shorter ``negative_ttl`` (shells and file managers probe many missing names), and
+download URLs until shortly before the expiry they carry. Archive listings are not kept here:
+``vfs.VFS`` keeps the tree it builds from each (one cache of archives, holding what lookups
+use), through a ``MetadataCache`` of its own.
 
-cachetools caches are not thread-safe, so each has a lock; loads happen outside it, and
-concurrent misses on one key wait for a single load instead of all asking the server
-("single flight": ``ls -l`` of a fresh folder would otherwise list it once per thread).
-The clock is injectable for tests.
+Neither these caches nor cachetools' are thread-safe, so each has a lock; loads happen outside
+it, and concurrent misses on one key wait for a single load instead of all asking the server
+("single flight": ``ls -l`` of a fresh folder would otherwise list it once per thread). The
+clock is injectable for tests.
 """
 
 from __future__ import annotations
@@ -18,17 +22,74 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from cachetools import LRUCache
 
 from .. import protocol
+from ..client import StorageClient
 from ..errors import NotFound
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+
+class Backend(Protocol):
+    """What the tree needs from the storage; ``ClientBackend`` and ``CachedBackend`` give it."""
+
+    def list_folder(self, path: str, max_age: float | None = None) -> list[protocol.StorageFile]:
+        """Entries of a folder; ``max_age``: the caller missed a name in an answer that old or
+        older, so a caching backend should ask again (the server is always asked otherwise)."""
+
+    def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing: ...
+
+    def member_range(self, path: str, member: str,
+                     version: Hashable = None) -> protocol.ZipRange: ...
+
+    def space_used(self) -> int: ...
+
+    def download_url(self, path: str) -> str: ...
+
+    def forget_url(self, path: str) -> None: ...
+
+    def read_range(self, url: str, start: int, end_inclusive: int) -> bytes: ...
+
+
+class ClientBackend:
+    """``Backend`` over ``client.StorageClient``: the API calls behind each need, uncached."""
+
+    def __init__(self, client: StorageClient, region: str | None = None) -> None:
+        self.client = client
+        self.region = region
+
+    def list_folder(self, path: str, max_age: float | None = None) -> list[protocol.StorageFile]:
+        # Sorted by name so pages stay consistent while the folder is read page after page.
+        return list(self.client.iter_contents(path + "/" if path else "/", sort_by="name",
+                                              order="asc", region=self.region))
+
+    def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing:
+        return self.client.zip_contents(path, "", recursive=True, region=self.region)
+
+    def member_range(self, path: str, member: str, version: Hashable = None) -> protocol.ZipRange:
+        folder, _, filename = member.rpartition("/")
+        return self.client.zip_file_range(path, filename, folder, region=self.region)
+
+    def space_used(self) -> int:
+        return self.client.space_used()
+
+    def download_url(self, path: str) -> str:
+        urls = self.client.signed_urls([path], protocol.OPERATION_DOWNLOAD, region=self.region)
+        if not urls:
+            raise NotFound(f"no download URL for {path}")
+        return urls[0]
+
+    def forget_url(self, path: str) -> None:
+        pass
+
+    def read_range(self, url: str, start: int, end_inclusive: int) -> bytes:
+        return self.client.read_range(url, start, end_inclusive)
 
 
 class _Missing(Exception):
@@ -47,8 +108,11 @@ class MetadataCache:
 
     Both tables hold at most ``maxsize`` keys, the least recently used going first, as in
     cachetools' ``TTLCache``; they are plain ordered dicts because a hit here is on the path of
-    every ``stat`` (once per storage folder above the path), where ``TTLCache.get`` cost several
-    calls each.
+    every ``stat`` (once per storage folder above the path, and once more inside an archive for
+    its tree), where ``TTLCache.get`` costs several calls (timer context, expiry, LRU links).
+    Measured in one process, a hit on a warm key, lock included: 1.4 us here against 4.8 us
+    with two ``TTLCache`` tables, on a busy 2-core machine where a whole warm ``lookup`` of a
+    file two folders deep took 10 us (it makes three hits).
     """
 
     def __init__(self, ttl: float, negative_ttl: float, maxsize: int = 4096,
@@ -65,6 +129,13 @@ class MetadataCache:
 
     def get(self, key: Hashable, load: Callable[[], Any], max_age: float | None = None) -> Any:
         """The cached value, or a fresh one if there is none or it is older than ``max_age``."""
+        with self._lock:  # the hit, inline: see the class notes
+            item = self._values.get(key)
+            if item is not None:
+                age = self._clock() - item[1]
+                if age < self._ttl and (max_age is None or age <= max_age):
+                    self._values.move_to_end(key)
+                    return item[0]
         found, value = self._peek(key, max_age)
         if found:
             return value
@@ -212,22 +283,17 @@ class SignedUrlCache:
 
 
 class CachedBackend:
-    """A ``vfs.Backend`` that remembers what the backend below said (see the module notes).
+    """A ``Backend`` that remembers what the backend below said (see the module notes).
 
-    Archive listings are keyed by the archive's path *and* its size and creation time as the
-    folder listing shows them, so a replaced archive gets a fresh tree while an unchanged one
-    keeps its tree across TTL expiries (up to ``max_archives`` of them, least recently used
-    first out).
+    Archive listings pass through: ``vfs.VFS`` keeps the tree it builds from each, per archive
+    version, which is all it reads of a listing.
     """
 
-    def __init__(self, backend, ttl: float = 60.0, negative_ttl: float = 5.0,
-                 max_archives: int = 64, clock: Clock = time.monotonic,
-                 wall_clock: Clock = time.time) -> None:
+    def __init__(self, backend: Backend, ttl: float = 60.0, negative_ttl: float = 5.0,
+                 clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
         self.backend = backend
         self.negative_ttl = negative_ttl
         self.metadata = MetadataCache(ttl, negative_ttl, clock=clock)
-        self.archives = MetadataCache(float("inf"), negative_ttl, maxsize=max(1, max_archives),
-                                      clock=clock)
         self.ranges = MetadataCache(float("inf"), negative_ttl, maxsize=65536, clock=clock)
         self.urls = SignedUrlCache(clock=wall_clock)
 
@@ -237,12 +303,11 @@ class CachedBackend:
                                  max_age)
 
     def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing:
-        return self.archives.get(("zip", path, version),
-                                 lambda: self.backend.zip_listing(path, version))
+        return self.backend.zip_listing(path, version)
 
     def member_range(self, path: str, member: str, version: Hashable = None) -> protocol.ZipRange:
         return self.ranges.get((path, member, version),
-                                 lambda: self.backend.member_range(path, member, version))
+                               lambda: self.backend.member_range(path, member, version))
 
     def space_used(self) -> int:
         return self.metadata.get(("space",), self.backend.space_used)

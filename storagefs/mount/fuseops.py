@@ -1,14 +1,16 @@
 """The FUSE side: the only module that imports ``fuse`` (fusepy).
 
 ``StorageOperations`` translates and does not think: each call resolves a path through
-``vfs.VFS``, calls one method and shapes a stat dict or bytes. Exceptions become errno numbers
-in one place, ``__call__``; fusepy 3.0.1 would end the whole mount on an ``OSError`` whose
-errno is not a positive int, so nothing else ever reaches it.
+``vfs.VFS``, calls one method and shapes a stat dict, a file handle or bytes. Exceptions become
+errno numbers in one place, ``__call__``; fusepy 3.0.1 would end the whole mount on an
+``OSError`` whose errno is not a positive int, so nothing else ever reaches it. fusepy ships no
+types: ``FuseOperations`` writes down the calls answered here as fusepy makes them, mypy checks
+``StorageOperations`` against it, and a test checks it against fusepy's ``Operations``.
 
 ``serve_forever`` runs the FUSE loop in this process (multithreaded, in the foreground from
 libfuse's point of view; ``storagefs mount`` without ``--foreground`` runs it in a child
-process and waits until the mount answers, see ``mountcli``). libfuse's own SIGINT/SIGTERM/
-SIGHUP handlers end the loop and unmount cleanly.
+process and waits until the mount answers). libfuse's own SIGINT/SIGTERM/SIGHUP handlers end
+the loop and unmount cleanly.
 
 Files are opened without ``keep_cache`` (so ``raw_fi`` is not needed): the kernel drops its
 page cache of a file at each open, and a replaced object is never served from stale pages.
@@ -28,11 +30,12 @@ import logging
 import os
 import stat
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Protocol
 
 from fuse import FUSE, FuseOSError, Operations
 
 from ..errors import CorruptArchive, StorageError, UnsupportedMethod
+from .read import FileReader
 from .vfs import VFS, Entry
 
 log = logging.getLogger(__name__)
@@ -60,20 +63,89 @@ def errno_for(exc: BaseException) -> int:
 # (a few KiB), so at most _KEPT_MAX workers keep theirs and the others pay as before.
 _KEPT_MAX = 64
 _worker = threading.local()  # lives in the thread state: set once that state is kept
-_kept = {"count": 0, "lock": threading.Lock()}
+_kept_lock = threading.Lock()
+_kept_count = 0
 
 
 def _keep_thread_state() -> None:
-    with _kept["lock"]:
-        if _kept["count"] >= _KEPT_MAX:
+    global _kept_count
+    with _kept_lock:
+        if _kept_count >= _KEPT_MAX:
             return
-        _kept["count"] += 1
+        _kept_count += 1
     ctypes.pythonapi.PyGILState_Ensure()
     _worker.kept = True
 
 
-class StorageOperations(Operations):
-    """FUSE operations over a ``VFS``; read-only (writes answer EROFS)."""
+Stat = dict[str, int]
+
+
+class FuseOperations(Protocol):
+    """fusepy's ``Operations`` for the calls answered here, typed (parameters positional: fusepy
+    calls ``operations(name, *args)``). ``tests/test_mount.py`` checks the parameters against
+    fusepy's own; writes return 0 when they succeed, which here they never do."""
+
+    def __call__(self, op: str, *args: Any) -> Any: ...
+
+    def init(self, path: str, /) -> None: ...
+
+    def getattr(self, path: str, fh: int | None = None, /) -> Stat: ...
+
+    def readdir(self, path: str, fh: int, /) -> list[str]: ...
+
+    def opendir(self, path: str, /) -> int: ...
+
+    def statfs(self, path: str, /) -> Stat: ...
+
+    def open(self, path: str, flags: int, /) -> int: ...
+
+    def read(self, path: str, size: int, offset: int, fh: int, /) -> bytes: ...
+
+    def release(self, path: str, fh: int, /) -> int: ...
+
+    def create(self, path: str, mode: int, fi: Any = None, /) -> int: ...
+
+    def mkdir(self, path: str, mode: int, /) -> int: ...
+
+    def mknod(self, path: str, mode: int, dev: int, /) -> int: ...
+
+    def unlink(self, path: str, /) -> int: ...
+
+    def rmdir(self, path: str, /) -> int: ...
+
+    def rename(self, old: str, new: str, /) -> int: ...
+
+    def link(self, target: str, source: str, /) -> int: ...
+
+    def symlink(self, target: str, source: str, /) -> int: ...
+
+    def chmod(self, path: str, mode: int, /) -> int: ...
+
+    def chown(self, path: str, uid: int, gid: int, /) -> int: ...
+
+    def truncate(self, path: str, length: int, fh: int | None = None, /) -> int: ...
+
+    def utimens(self, path: str, times: tuple[float, float] | None = None, /) -> int: ...
+
+    def write(self, path: str, data: bytes, offset: int, fh: int, /) -> int: ...
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0,
+                 /) -> int: ...
+
+    def removexattr(self, path: str, name: str, /) -> int: ...
+
+
+# fusepy is untyped, so its ``Operations`` is ``Any`` to mypy, and a class with an ``Any`` base
+# passes every protocol check: mypy is shown a plain base, so that the check below is real.
+if TYPE_CHECKING:
+    _OperationsBase = object
+else:
+    _OperationsBase = Operations
+
+
+class StorageOperations(_OperationsBase):
+    """FUSE operations over a ``VFS``; read-only (writes answer EROFS). A fusepy ``Operations``:
+    the calls not answered here keep fusepy's defaults."""
 
     use_ns = True
 
@@ -83,13 +155,13 @@ class StorageOperations(Operations):
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.on_ready = on_ready
-        self._handles: dict[int, object] = {}
+        self._handles: dict[int, FileReader] = {}
         self._next_handle = 1
         self._lock = threading.Lock()
 
     # -- errors: the one place -------------------------------------------------------------------
 
-    def __call__(self, op: str, *args):
+    def __call__(self, op: str, *args: Any) -> Any:
         if not getattr(_worker, "kept", False):
             _keep_thread_state()
         try:
@@ -119,10 +191,10 @@ class StorageOperations(Operations):
 
     # -- metadata ------------------------------------------------------------------------------
 
-    def getattr(self, path: str, fh=None) -> dict:
+    def getattr(self, path: str, fh: int | None = None) -> Stat:
         return self._stat(self.vfs.lookup(path))
 
-    def readdir(self, path: str, fh) -> list[str]:
+    def readdir(self, path: str, fh: int) -> list[str]:
         return [".", ".."] + [entry.name for entry in self.vfs.list(path)]
 
     def opendir(self, path: str) -> int:
@@ -130,18 +202,14 @@ class StorageOperations(Operations):
             raise FuseOSError(errno.ENOTDIR)
         return 0
 
-    def statfs(self, path: str) -> dict:
-        try:
-            used = self.vfs.space_used()
-        except StorageError as exc:  # df should not fail because the API is slow
-            log.warning("statfs: space used unknown: %s", exc)
-            used = 0
+    def statfs(self, path: str) -> Stat:
+        used = self.vfs.space_used()
         blocks = -(-used // BLOCK)
         files = len(self.vfs.inodes)
         return dict(f_bsize=BLOCK, f_frsize=BLOCK, f_blocks=blocks, f_bfree=0, f_bavail=0,
                     f_files=files, f_ffree=0, f_favail=0, f_namemax=255)
 
-    def _stat(self, entry: Entry) -> dict:
+    def _stat(self, entry: Entry) -> Stat:
         mtime_ns = int((entry.mtime or 0) * 1e9)
         if entry.is_dir:
             mode = stat.S_IFDIR | 0o555
@@ -182,7 +250,7 @@ class StorageOperations(Operations):
 
     # -- writes: a read-only file system ---------------------------------------------------------
 
-    def _read_only(self, *args):
+    def _read_only(self, *args: Any) -> NoReturn:
         raise FuseOSError(errno.EROFS)
 
     create = mkdir = mknod = unlink = rmdir = rename = link = symlink = _read_only
@@ -238,3 +306,8 @@ def serve_forever(operations: StorageOperations, mountpoint: str, options: dict,
     """Mount and answer until unmounted or signalled (libfuse handles SIGINT/SIGTERM)."""
     _FUSE(operations, mountpoint, foreground=True, nothreads=False, raw_fi=False, debug=debug,
           encoding="utf-8", **options)
+
+
+if TYPE_CHECKING:
+    def _answers_fusepy(operations: StorageOperations) -> FuseOperations:
+        return operations  # mypy: every call answered here has fusepy's parameters

@@ -33,15 +33,17 @@ import bz2
 import lzma
 import struct
 import zlib
-from typing import Callable, Iterable, Iterator
+from types import ModuleType
+from typing import Callable, Iterable, Iterator, Union
 
+from .. import protocol
+from ..errors import CorruptArchive, UnsupportedMethod
+
+fast_zlib: ModuleType
 try:  # same API as zlib (decompressobj, copy, crc32), faster; optional
     from zlib_ng import zlib_ng as fast_zlib
 except ImportError:  # pragma: no cover - depends on the extras installed
     fast_zlib = zlib
-
-from .. import protocol
-from ..errors import CorruptArchive, UnsupportedMethod
 
 __all__ = [
     "Decoder",
@@ -55,6 +57,9 @@ __all__ = [
     "decode_chunks",
     "decompress_bytes",
 ]
+
+# What a decoder accepts as input: the mount's reader hands it slices of fetched bytes.
+BytesLike = Union[bytes, bytearray, memoryview]
 
 METHOD_NAMES = {
     protocol.STORED: "stored",
@@ -102,7 +107,7 @@ class Decoder:
         """Whether the codec has seen the end marker of its stream (stored/LZMA may have none)."""
         return False
 
-    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+    def decompress(self, data: BytesLike, max_length: int = -1) -> bytes:
         """Decode ``data`` and return what it yields, at most ``max_length`` bytes if >= 0."""
         if self._finished:
             raise ValueError("decompress() after flush()")
@@ -130,6 +135,11 @@ class Decoder:
 
     def copy(self) -> "Decoder":
         """An independent decoder in the same state (only when ``can_copy``)."""
+        raise NotImplementedError(f"{self.name} decoder state cannot be copied")
+
+    def checkpoint(self) -> tuple["Decoder", int]:
+        """A copy that holds no input, and how many input bytes this one holds (only when
+        ``can_copy``; see ``DeflateDecoder.checkpoint``)."""
         raise NotImplementedError(f"{self.name} decoder state cannot be copied")
 
     # -- for subclasses --------------------------------------------------------------------
@@ -304,6 +314,11 @@ class XzDecoder(_NativeBoundDecoder):
         super().__init__(lzma.LZMADecompressor(lzma.FORMAT_XZ))
 
 
+# The parser of LZMA1 properties that ``zipfile`` uses too: private in CPython's ``lzma``,
+# hence absent from its type stubs.
+_lzma_filter_properties: Callable[[int, bytes], dict] = getattr(lzma, "_decode_filter_properties")
+
+
 class LzmaDecoder(Decoder):
     """ZIP's LZMA (method 14): a 4-byte header (version, properties length), the LZMA1
     properties, then a raw LZMA1 stream, whose end marker is optional (flag bit 1), so the
@@ -335,7 +350,7 @@ class LzmaDecoder(Decoder):
             data = self._header[4 + props_len:]
             self._header = b""
             try:
-                filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)]
+                filters = [_lzma_filter_properties(lzma.FILTER_LZMA1, props)]
                 obj = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
             except (lzma.LZMAError, ValueError) as exc:
                 raise CorruptArchive(f"LZMA properties are invalid: {exc}") from None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from . import Fetch
+
 LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
 DESCRIPTOR_SIGNATURE = b"PK\x07\x08"
 FLAG_ENCRYPTED = 0x01
@@ -96,3 +98,33 @@ def descriptor_crc(tail: bytes) -> int | None:
     if tail[:4] == DESCRIPTOR_SIGNATURE:
         return struct.unpack_from("<L", tail, 4)[0] if len(tail) >= 8 else None
     return struct.unpack_from("<L", tail, 0)[0] if len(tail) >= 4 else None
+
+
+# -- the CRC-32 of a member, from the archive itself ------------------------------------------
+
+def archive_crc(fetch: Fetch, data_start: int, compressed_size: int) -> int | None:
+    """The CRC-32 recorded for the member whose compressed data starts at ``data_start``.
+
+    The local header is the one just before the data (found by its signature, and by its name
+    and extra lengths ending exactly at ``data_start``). Without flag bit 3 its CRC field is
+    the member's; with it (streamed archives) the CRC sits in the data descriptor right after
+    the compressed data, behind an optional ``PK\\x07\\x08`` signature (4.3.9). None when
+    the header cannot be found: the member is then served unchecked.
+    """
+    header = _find_local_header(fetch, data_start)
+    if header is None:
+        return None
+    if not header.crc_in_descriptor:
+        return header.crc32
+    after = data_start + compressed_size
+    return descriptor_crc(fetch(after, after + 8))
+
+
+def _find_local_header(fetch: Fetch, data_start: int) -> LocalHeader | None:
+    """Look 4 KiB back first (names and extras are short), then as far as a header can span."""
+    for span in (4096, LOCAL_HEADER_MAX):
+        begin = max(0, data_start - span)
+        header = header_ending_at(fetch(begin, data_start))
+        if header is not None or begin == 0:
+            return header
+    return None

@@ -58,18 +58,16 @@ def run(mount: MountConfig, client_config: ClientConfig,
 
 def _serve(mount: MountConfig, client: StorageClient) -> int:
     """The FUSE loop in this process, until unmounted or signalled."""
-    from ..backend import CachedBackend
+    from ..backend import CachedBackend, ClientBackend
     from ..fuseops import StorageOperations, fuse_options, serve_forever
-    from ..read.diskcache import DiskCache
-    from ..read.reader import ReadContext
-    from ..vfs import VFS, ClientBackend
+    from ..read import DiskCache, ReadContext
+    from ..vfs import VFS
 
     supervisor_fd = ready_fd()
     _setup_logging(mount, background=supervisor_fd is not None)
     options = mount.option_map()
     backend = CachedBackend(ClientBackend(client, client.config.region),
-                            ttl=mount.metadata_ttl, negative_ttl=mount.negative_ttl,
-                            max_archives=mount.max_archives)
+                            ttl=mount.metadata_ttl, negative_ttl=mount.negative_ttl)
     disk = DiskCache(mount.cache_dir, mount.cache_dir_size) if mount.cache_dir else None
     vfs = VFS(backend, zip_as_dir=mount.zip_as == "dir", window=mount.window_bytes,
               max_archives=mount.max_archives, negative_ttl=mount.negative_ttl,

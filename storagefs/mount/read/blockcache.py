@@ -5,7 +5,7 @@ default), never on a budget of its own, so the daemon's memory stays bounded wha
 (mountpoint-s3 learned this the hard way, their issue #987). What it holds:
 
 - decoded blocks of members and plain files, keyed by their owner's token and block number;
-- snapshots of inflater state (about 40 KB each, counted at ``SNAPSHOT_COST``);
+- snapshots of inflater state (about 40 KB each, counted at ``ReadTuning.snapshot_cost``);
 - reservations for compressed bytes fetched ahead of a reader and not yet decoded, so that a
   busy read-ahead evicts cached blocks instead of growing the process.
 
@@ -25,8 +25,6 @@ import ctypes.util
 import threading
 from collections import OrderedDict
 from typing import Any, Hashable
-
-SNAPSHOT_COST = 48 << 10  # a zlib/zlib-ng decompressobj copy measures about 40 KiB
 
 _M_ARENA_MAX = -8  # mallopt parameter (glibc malloc.h)
 _arenas_limited = False

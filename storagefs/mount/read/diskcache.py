@@ -37,13 +37,15 @@ import threading
 import time
 import uuid
 import zlib
-from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Hashable
 
-log = logging.getLogger(__name__)
+from cachetools import LRUCache
 
-Fetch = Callable[[int, int], bytes]
+from ...zipfmt import Fetch
+
+log = logging.getLogger(__name__)
 
 GRANULE = 1 << 20
 _HEADER = struct.Struct("<4sB3xIII")
@@ -63,6 +65,29 @@ def _make_private(root: Path) -> None:
         root.chmod(0o700)
 
 
+@dataclass
+class _File:
+    """A cache file as the index knows it."""
+
+    size: int  # on disk, header included
+    touched: float  # when its modification time was last set (use order across restarts)
+    key: tuple[str, int]  # (folder, granule) it holds a part of
+
+
+class _FileLRU(LRUCache[str, _File]):
+    """Cache files by use, at most ``limit`` bytes on disk. What it lets go waits in
+    ``dropped`` until the cache, still under its lock, forgets it and deletes the file."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(maxsize=limit, getsizeof=lambda file: file.size)
+        self.dropped: list[tuple[str, _File]] = []
+
+    def popitem(self) -> tuple[str, _File]:
+        path, file = super().popitem()
+        self.dropped.append((path, file))
+        return path, file
+
+
 class DiskCache:
     """Granules of objects under ``root``, at most ``limit`` bytes (see the module notes)."""
 
@@ -73,9 +98,10 @@ class DiskCache:
         self.granule = granule
         self._clock = clock
         self._lock = threading.Lock()
-        self._files: OrderedDict[str, list] = OrderedDict()  # path -> [size, touched, key]
-        self._parts: dict[tuple[str, int], list] = {}  # (folder, granule) -> [(lo, hi, path)]
-        self._total = 0
+        self._files = _FileLRU(self.limit)  # path -> _File, least recently used first
+        # (folder, granule) -> [(lo, hi, path)]
+        self._parts: dict[tuple[str, int], list[tuple[int, int, str]]] = {}
+        self._doomed: list[str] = []  # files evicted and not deleted yet
         self.hits = 0  # bytes served from disk
         self.misses = 0  # bytes fetched
         self.corrupt = 0  # files found damaged (deleted and fetched again)
@@ -105,11 +131,12 @@ class DiskCache:
             lo, hi = max(start, index * g), min(end, (index + 1) * g)
             spans.append((index, lo, hi))
             pieces.append(self._load(folder, index, lo, hi))
-        out = []
+        out: list[bytes] = []
         i = 0
         while i < len(spans):
-            if pieces[i] is not None:
-                out.append(pieces[i])
+            piece = pieces[i]
+            if piece is not None:
+                out.append(piece)
                 i += 1
                 continue
             j = i
@@ -197,13 +224,13 @@ class DiskCache:
         with self._lock:
             parts = list(self._parts.get(key, ()))
         joined = []
-        for p_lo, p_hi, path in parts:
+        for p_lo, p_hi, p_path in parts:
             if p_lo <= a and b <= p_hi:
                 return  # nothing new
             if p_lo <= b and a <= p_hi:
-                old = self._open(path, p_lo, p_hi)
+                old = self._open(p_path, p_lo, p_hi)
                 if old is not None:
-                    joined.append((p_lo, p_hi, path, old))
+                    joined.append((p_lo, p_hi, p_path, old))
         if joined:
             n_lo = min([a] + [j[0] for j in joined])
             n_hi = max([b] + [j[1] for j in joined])
@@ -247,10 +274,10 @@ class DiskCache:
                     except OSError:
                         pass
                     continue
-                index, _, lo = entry.name.partition("-")
+                index_s, _, lo_s = entry.name.partition("-")
                 try:
                     st = entry.stat()
-                    index_n, lo_n = int(index), int(lo)
+                    index_n, lo_n = int(index_s), int(lo_s)
                 except (OSError, ValueError):
                     continue
                 hi_n = lo_n + st.st_size - _HEADER.size  # checked against the header on use
@@ -261,27 +288,37 @@ class DiskCache:
             self._add(path, key, lo, hi, size, mtime)
         self._evict()
 
-    def _add(self, path: str, key: tuple, lo: int, hi: int, size: int, when: float) -> None:
+    def _add(self, path: str, key: tuple[str, int], lo: int, hi: int, size: int,
+             when: float) -> None:
+        """Index a file; the least recently used ones beyond the limit go (``_evict`` deletes
+        them)."""
         with self._lock:
-            old = self._files.pop(path, None)
-            if old is not None:
-                self._total -= old[0]
-                self._parts[old[2]] = [p for p in self._parts.get(old[2], ()) if p[2] != path]
-            self._files[path] = [size, when, key]
-            self._total += size
-            self._parts.setdefault(key, []).append((lo, hi, path))
+            self._forget_locked(path)
+            file = _File(size, when, key)
+            try:
+                self._files[path] = file
+            except ValueError:  # larger than the whole limit: it goes, and everything else
+                while self._files:
+                    self._files.popitem()
+                self._files.dropped.append((path, file))
+            else:
+                self._parts.setdefault(key, []).append((lo, hi, path))
+            for victim, dropped in self._files.dropped:
+                self._drop_part(victim, dropped.key)
+                self._doomed.append(victim)
+                self.evicted += 1
+            self._files.dropped.clear()
 
     def _used(self, key: str, path: Path) -> None:
         now = self._clock()
         touch = False
         with self._lock:
-            item = self._files.get(key)
-            if item is None:
+            file = self._files.get(key)  # now the most recently used
+            if file is None:
                 return
-            if now - item[1] > _TOUCH_EVERY:
-                item[1] = now
+            if now - file.touched > _TOUCH_EVERY:
+                file.touched = now
                 touch = True
-            self._files.move_to_end(key)
         if touch:
             try:
                 os.utime(path)
@@ -293,14 +330,16 @@ class DiskCache:
             self._forget_locked(path)
 
     def _forget_locked(self, path: str) -> None:
-        item = self._files.pop(path, None)
-        if item is not None:
-            self._total -= item[0]
-            parts = [p for p in self._parts.get(item[2], ()) if p[2] != path]
-            if parts:
-                self._parts[item[2]] = parts
-            else:
-                self._parts.pop(item[2], None)
+        file = self._files.pop(path, None)
+        if file is not None:
+            self._drop_part(path, file.key)
+
+    def _drop_part(self, path: str, key: tuple[str, int]) -> None:
+        parts = [p for p in self._parts.get(key, ()) if p[2] != path]
+        if parts:
+            self._parts[key] = parts
+        else:
+            self._parts.pop(key, None)
 
     def _remove(self, path: Path) -> None:
         self._forget(str(path))
@@ -310,13 +349,9 @@ class DiskCache:
             pass
 
     def _evict(self) -> None:
-        victims = []
+        """Delete the files the index let go (outside the lock: unlinking takes time)."""
         with self._lock:
-            while self._files and self._total > self.limit:
-                path = next(iter(self._files))
-                victims.append(path)
-                self.evicted += 1
-                self._forget_locked(path)
+            victims, self._doomed = self._doomed, []
         for path in victims:
             try:
                 os.unlink(path)
@@ -326,9 +361,9 @@ class DiskCache:
     @property
     def size(self) -> int:
         """Bytes of cache files this process knows of."""
-        return self._total
+        return int(self._files.currsize)
 
     def stats(self) -> dict[str, int]:
-        return {"size": self._total, "limit": self.limit, "files": len(self._files),
+        return {"size": int(self._files.currsize), "limit": self.limit, "files": len(self._files),
                 "hits": self.hits, "misses": self.misses, "corrupt": self.corrupt,
                 "evicted": self.evicted}

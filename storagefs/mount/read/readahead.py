@@ -1,7 +1,7 @@
 """Read-ahead: how far ahead of a reader to decode, and compressed ranges fetched in advance.
 
-Two small pieces, each with the reasoning for its numbers (mountpoint-s3's ``prefetch.rs`` is
-the model):
+Two small pieces (mountpoint-s3's ``prefetch.rs`` is the model; their numbers, with the
+reasons for them, are in ``tuning.ReadTuning``):
 
 ``ReadAhead`` watches one open file's reads. A read that starts where the previous ones ended
 (give or take ``tolerance``: FUSE's threads hand over neighbouring kernel read-ahead requests
@@ -29,18 +29,11 @@ from __future__ import annotations
 import threading
 from collections import deque
 from concurrent.futures import Executor, Future
-from typing import Callable
 
 from ...errors import TransferError
-
-Fetch = Callable[[int, int], bytes]
-
-KiB, MiB = 1 << 10, 1 << 20
-FIRST_REQUEST = 128 * KiB  # what the kernel asks for at once without read-ahead
-# Per ranged GET: on a LAN or in a region a MiB is well past where latency matters, and eight
-# readers at once keep their ranges in flight within the budget (2 MiB each refused too often).
-MAX_REQUEST = 1 * MiB
-DEPTH = 2  # ranged GETs in flight ahead of a sequential decoder
+from ...zipfmt import Fetch
+from .blockcache import BlockCache
+from .tuning import TUNING, MiB
 
 
 def checked_fetch(fetch: Fetch, start: int, end: int) -> bytes:
@@ -77,10 +70,6 @@ class ReadAhead:
             self._next = end
         return self.window
 
-    @property
-    def sequential(self) -> bool:
-        return self.window > 0
-
 
 class RangeFeed:
     """Compressed bytes ``[start, end)`` in order, fetched on demand or ahead (module notes).
@@ -89,16 +78,19 @@ class RangeFeed:
     """
 
     def __init__(self, fetch: Fetch, start: int, end: int, *, pool: Executor | None = None,
-                 budget=None, first: int = FIRST_REQUEST, maximum: int = MAX_REQUEST) -> None:
+                 budget: BlockCache | None = None, first: int = TUNING.first_request,
+                 maximum: int = TUNING.max_request) -> None:
         self._fetch = fetch
         self.position = start  # next byte handed to the consumer
         self.end = end
         self._pool = pool
         self._budget = budget
+        self._first = first  # also the floor a refused budget brings requests back to
         self._request = max(1, first) // 2  # doubled before the first request
         self._maximum = max(first, maximum)
         self._next = start  # next byte not yet asked for
-        self._ahead: deque[tuple[int, int, Future | bytes, bool]] = deque()  # start, end, data
+        # start, end, data (fetched or in flight), whether it is counted in the budget
+        self._ahead: deque[tuple[int, int, Future[bytes] | bytes, bool]] = deque()
         self._lock = threading.Lock()
         self.depth = 0
         self._held = 0  # reserved bytes of the piece the consumer has now
@@ -126,7 +118,7 @@ class RangeFeed:
 
     def _drop_held(self) -> None:
         if self._held:
-            self._budget.release(self._held)
+            self._release(self._held)
             self._held = 0
 
     def set_depth(self, depth: int) -> None:
@@ -148,7 +140,7 @@ class RangeFeed:
             if isinstance(data, Future):
                 data = data.result()
             if reserved:
-                self._budget.release(stop - begin)
+                self._release(stop - begin)
             self._ahead.appendleft((position, stop, data[position - begin:], False))
         self.position = position
         self._next = max(self._next, position)
@@ -178,24 +170,28 @@ class RangeFeed:
         if size <= 0:
             return False
         budget = self._budget
+        data: Future[bytes] | bytes
         if wait:
             reserved = budget is not None and budget.reserve(size)
             try:
                 data = checked_fetch(self._fetch, begin, begin + size)
             except BaseException:
                 if reserved:
-                    budget.release(size)
+                    self._release(size)
                 raise
         else:
             # Counted twice while in flight: the HTTP layer holds the body's pieces, then
             # their join, for a moment.
             reserved = budget is not None and budget.reserve(2 * size)
             if budget is not None and not reserved:
-                self._request = max(FIRST_REQUEST, self._request // 2)
+                self._request = max(self._first, self._request // 2)
                 return False  # the budget is taken: fetch when asked instead
-            data = self._pool.submit(checked_fetch, self._fetch, begin, begin + size)
+            pool = self._pool
+            assert pool is not None  # ranges go ahead of the consumer only with a pool
+            future = pool.submit(checked_fetch, self._fetch, begin, begin + size)
             if reserved:
-                data.add_done_callback(lambda _: budget.release(size))
+                future.add_done_callback(lambda _: self._release(size))
+            data = future
         self._next = begin + size
         self.requests += 1
         self.fetched += size
@@ -207,8 +203,13 @@ class RangeFeed:
             if not self._ask(0, wait=False):
                 break
 
-    def _release_when_done(self, data, size: int) -> None:
+    def _release_when_done(self, data: Future[bytes] | bytes, size: int) -> None:
         if isinstance(data, Future):
-            data.add_done_callback(lambda _: self._budget.release(size))
+            data.add_done_callback(lambda _: self._release(size))
         else:
+            self._release(size)
+
+    def _release(self, size: int) -> None:
+        """Give back ``size`` reserved bytes (reserved only ever with a budget)."""
+        if self._budget is not None:
             self._budget.release(size)
