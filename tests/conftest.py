@@ -11,6 +11,7 @@ import pytest
 
 from figures import FIGURES
 from serverharness import ServerHandle, start_server
+from servicestandin import WRONG_OFFSETS, ServiceStandIn
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +21,21 @@ def server(tmp_path_factory) -> Iterator[ServerHandle]:
     handle = start_server(base / "root", base)
     yield handle
     handle.stop()
+
+
+@pytest.fixture(scope="session")
+def service(server) -> Iterator[ServiceStandIn]:
+    """The session's server behind a stand-in for the Inductiva service where the two differ
+    (no crc32, offsets from the central directory, GCS-style signed URLs: servicestandin.py)."""
+    with ServiceStandIn(server.url) as standin:
+        yield standin
+
+
+@pytest.fixture(scope="session")
+def service_wrong_offsets(server) -> Iterator[ServiceStandIn]:
+    """The stand-in with every listed data offset wrong by 1 to 8 bytes, either way."""
+    with ServiceStandIn(server.url, offset_error=WRONG_OFFSETS) as standin:
+        yield standin
 
 
 @pytest.fixture

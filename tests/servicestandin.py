@@ -17,8 +17,10 @@ The real service is an API in front of Google Cloud Storage. Read from the offic
 ``ServiceStandIn(upstream_url, ...)`` listens on 127.0.0.1 and forwards to the reference server
 with the ``Host`` header unchanged, so the signed URLs the server hands out point at the
 stand-in too. Each quirk is a switch; the defaults are the service as we understand it.
-``offset_error`` shifts every listed ``range_start`` by that many bytes, for clients that must
-prove offsets before trusting them. ``requests`` counts what clients asked, by kind.
+``offset_error`` shifts every listed ``range_start`` by that many bytes (or by what it returns
+for the member's name), for clients that must prove offsets before trusting them:
+``WRONG_OFFSETS`` gives each member its own error between -8 and +8, never 0. ``requests``
+counts what clients asked, by kind.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import io
 import json
 import threading
 import zipfile
+import zlib
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -41,6 +45,12 @@ _LOCAL_HEADER = 30
 _UTF8_NAMES = 0x800
 
 
+def WRONG_OFFSETS(name: str) -> int:
+    """A listing error of -8..-1 or 1..8 bytes, fixed per member name."""
+    error = zlib.crc32(name.encode()) % 16 - 8
+    return error if error < 0 else error + 1
+
+
 def gcs_error(code: str, message: str) -> bytes:
     """An error body as Google Cloud Storage writes it for signed URLs."""
     return (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
@@ -48,7 +58,8 @@ def gcs_error(code: str, message: str) -> bytes:
 
 
 class ServiceStandIn:
-    def __init__(self, upstream: str, *, central_offsets: bool = True, offset_error: int = 0,
+    def __init__(self, upstream: str, *, central_offsets: bool = True,
+                 offset_error: int | Callable[[str], int] = 0,
                  strip_crc32: bool = True, uncompressed_size: bool = True,
                  expire_after: int | None = None, range_status: int = 200,
                  ignore_range: bool = False, refuse_head: bool = True,
@@ -163,7 +174,9 @@ class ServiceStandIn:
                 continue
             total += int(entry.get("size") or 0)
             offset = central.get(prefix + entry["name"], entry["range_start"])
-            entry["range_start"] = offset + self.offset_error
+            error = self.offset_error
+            entry["range_start"] = offset + (error(prefix + entry["name"]) if callable(error)
+                                             else error)
         if self.uncompressed_size:
             body["size"] = total
         h.reply(200, json.dumps(body).encode())

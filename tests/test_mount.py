@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import zipfile
 import zlib
 from pathlib import Path
@@ -290,6 +291,32 @@ def mnt(server, served, tmp_path_factory):
     mnt.log = log  # type: ignore[attr-defined]
 
 
+# The read tests run through the reference server and through the stand-in for the Inductiva
+# service (no crc32, offsets from the central directory, GCS-style URLs), with every listed
+# offset wrong by 1 to 8 bytes too: byte for byte, or EIO, never a wrong byte.
+READ_VIA = {"reference": None, "service": "service",
+            "service-offsets-off": "service_wrong_offsets"}
+
+
+@pytest.fixture(scope="module", params=list(READ_VIA))
+def read_mnt(request, server, served, tmp_path_factory):
+    if READ_VIA[request.param] is None:
+        yield request.getfixturevalue("mnt")
+        return
+    endpoint = request.getfixturevalue(READ_VIA[request.param])
+    work = tmp_path_factory.mktemp(f"mount-{request.param}")
+    mountpoint, log = work / "mnt", work / "mount.log"
+    mountpoint.mkdir()
+    via = types.SimpleNamespace(url=endpoint.url, api_key=server.api_key)
+    result = storagefs(*mount_args(via, mountpoint, log))
+    try:
+        assert result.returncode == 0, result.stderr
+        yield mountpoint
+    finally:
+        force_unmount(mountpoint)
+    assert_clean_log(log)
+
+
 def run(*cmd: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), capture_output=True, text=True, timeout=120, **kwargs)
 
@@ -332,7 +359,7 @@ def test_walks_show_everything_and_read_no_data(server, served, mnt):
     assert object_reads(server) == before, "listing, stat, find and du must not read data"
 
 
-def test_every_member_compares_equal(served, mnt, tmp_path):
+def test_every_member_compares_equal(served, read_mnt, tmp_path):
     originals = tmp_path / "orig"
     count = 0
     for archive, members in served.archives.items():
@@ -340,16 +367,16 @@ def test_every_member_compares_equal(served, mnt, tmp_path):
             original = originals / archive / member
             original.parent.mkdir(parents=True, exist_ok=True)
             original.write_bytes(data)
-            result = run("cmp", str(original), str(mnt / archive / member))
+            result = run("cmp", str(original), str(read_mnt / archive / member))
             assert result.returncode == 0, f"{archive}/{member}: {result.stdout}{result.stderr}"
             count += 1
     for path, data in served.plain.items():
-        assert (mnt / path).read_bytes() == data
+        assert (read_mnt / path).read_bytes() == data
     assert count >= 60
 
 
-def test_grep_and_cp_out_of_an_archive(served, mnt, tmp_path):
-    archive = mnt / ROOT / "task-0001" / "output.zip"
+def test_grep_and_cp_out_of_an_archive(served, read_mnt, tmp_path):
+    archive = read_mnt / ROOT / "task-0001" / "output.zip"
     grep = run("grep", "-r", "-l", "NEEDLE-in-stdout", str(archive / "artifacts"))
     assert grep.stdout.splitlines() == [str(archive / "artifacts/stdout.txt")]
     target = tmp_path / "copied"
@@ -361,8 +388,8 @@ def test_grep_and_cp_out_of_an_archive(served, mnt, tmp_path):
     assert (target / "nested/a/b/c").is_dir()
 
 
-def test_sqlite_database_inside_a_zip(mnt):
-    path = mnt / ROOT / "sim" / "db.zip" / "db" / "results.db"
+def test_sqlite_database_inside_a_zip(read_mnt):
+    path = read_mnt / ROOT / "sim" / "db.zip" / "db" / "results.db"
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)) as db:
         count, total = db.execute("SELECT count(*), sum(step) FROM results").fetchone()
         label = db.execute("SELECT label FROM results WHERE step = 12345").fetchone()[0]
@@ -421,9 +448,9 @@ def test_corrupt_or_unsupported_member_is_eio(mnt):
     assert "not-a-zip.zip: cannot list the archive" in log
 
 
-def test_many_readers_at_once(served, mnt):
+def test_many_readers_at_once(served, read_mnt):
     task = _task_files()
-    archive = mnt / ROOT / "task-0001" / "output.zip"
+    archive = read_mnt / ROOT / "task-0001" / "output.zip"
     jobs = [("artifacts/results/field.dat", i) for i in range(4)]
     jobs += [(name, 0) for name in task]
     jobs += [("p:" + path, 0) for path in served.plain]
@@ -431,7 +458,7 @@ def test_many_readers_at_once(served, mnt):
 
     def read(name: str, _: int) -> None:
         if name.startswith("p:"):
-            path, want = mnt / name[2:], served.plain[name[2:]]
+            path, want = read_mnt / name[2:], served.plain[name[2:]]
         else:
             path, want = archive / name, task[name]
         digest = hashlib.sha256(path.read_bytes()).digest()

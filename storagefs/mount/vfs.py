@@ -34,16 +34,20 @@ import datetime as _dt
 import itertools
 import logging
 import re
+import dataclasses
 import threading
 import time
 from typing import Callable, Hashable, Iterator, NamedTuple, Sequence
+
+from cachetools import LRUCache
 
 from .. import protocol
 from ..errors import (CorruptArchive, InvalidRequest, IsADirectory, NotADirectory, NotFound,
                       PermissionDenied, StorageError, TooLarge)
 from ..gcpause import gc_paused
-from ..zipfmt.local import archive_crc
+from ..zipfmt import Fetch
 from .backend import Backend, MetadataCache
+from .memberstart import MemberStart, locate, primed
 from .read import DiskCache, FileReader, MemberReader, RangeReader, ReadContext
 
 log = logging.getLogger(__name__)
@@ -216,6 +220,10 @@ class VFS:
         # concurrent misses build one tree from one listing, and a missing archive is
         # remembered for ``negative_ttl``.
         self._trees = MetadataCache(float("inf"), negative_ttl, maxsize=max(1, max_archives))
+        # (object path, version, member) -> where its data starts, proven: opened again, a
+        # member costs no request.
+        self._starts: LRUCache[tuple, MemberStart] = LRUCache(maxsize=1 << 16)
+        self._starts_lock = threading.Lock()
 
     # -- the contract ------------------------------------------------------------------------
 
@@ -242,17 +250,22 @@ class VFS:
                                key=identity)
         member = entry.member
         assert member is not None
-        data_start, compressed, method = self._member_range(entry)
+        start = self._member_start(entry, fetch)
+        data_start, compressed = start.start, start.compressed_size
+        if start.prefetched:
+            fetch = primed(fetch, data_start, start.prefetched)
         crc_lookup: Callable[[], int | None] | None = None
         if member.crc32 is None:
+            archive_crc = start.crc_lookup(fetch)
+
             def lookup_crc() -> int | None:
-                crc = archive_crc(fetch, data_start, compressed)
+                crc = archive_crc()
                 if crc is None:
                     log.warning("%s: no CRC-32 found in the archive; served unchecked", path)
                 return crc
             crc_lookup = lookup_crc
         return MemberReader(fetch, data_start=data_start, compressed_size=compressed,
-                            size=member.size, method=method, crc32=member.crc32,
+                            size=member.size, method=start.method, crc32=member.crc32,
                             crc_lookup=crc_lookup, name=entry.path, window=self.window,
                             context=self.context, key=(identity, data_start, compressed))
 
@@ -406,17 +419,29 @@ class VFS:
         tree.entries[rel] = entry
         return entry
 
-    def _member_range(self, entry: Entry) -> tuple[int, int, int]:
-        """Where the member's compressed bytes are: the listing's ``range_start`` (the offset
-        of the compressed data, as ``zip-file-range`` would answer: one request less for every
-        member opened, and names the server cannot take back, with '..' say, still read),
-        else ``zip-file-range``."""
+    def _member_start(self, entry: Entry, fetch: Fetch) -> MemberStart:
+        """Where the member's compressed bytes are: the listing's ``range_start`` once its
+        local header proves it (no request of its own: see ``memberstart``), else
+        ``zip-file-range``. Kept per archive version, so a member opened again costs
+        nothing."""
         member = entry.member
         assert member is not None
-        if member.data_start is not None:
-            return member.data_start, member.compressed_size, member.method
-        rng = self.backend.member_range(entry.object_path, member.name, entry.version)
-        return rng.range_start, rng.range_end - rng.range_start + 1, rng.compress_type
+        key = (entry.object_path, entry.version, member.name)
+        with self._starts_lock:
+            known = self._starts.get(key)
+        if known is not None:
+            return known
+
+        def ask_range() -> tuple[int, int, int]:
+            rng = self.backend.member_range(entry.object_path, member.name, entry.version)
+            return rng.range_start, rng.range_end - rng.range_start + 1, rng.compress_type
+
+        start = locate(fetch, name=member.name, listed_start=member.data_start,
+                       compressed_size=member.compressed_size, method=member.method,
+                       ask_range=ask_range)
+        with self._starts_lock:
+            self._starts[key] = dataclasses.replace(start, prefetched=b"")
+        return start
 
     def _fetcher(self, object_path: str) -> Callable[[int, int], bytes]:
         """``fetch(start, end)`` over the object's signed URL, renewed once if refused."""

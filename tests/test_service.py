@@ -1,0 +1,85 @@
+"""Against a stand-in for the Inductiva service (tests/servicestandin.py): what a member costs
+to open when the listing's data offsets are right, and when they are wrong.
+
+The listing's ``range_start`` is used only once the member's local header proves it, and the
+proof rides on the GET that fetches the member's first bytes: a right offset costs no request
+of its own, a wrong one exactly one ``zip-file-range``. Never a wrong byte either way.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from storagefs.client import StorageClient
+from storagefs.config import ClientConfig
+from storagefs.mount.backend import CachedBackend, ClientBackend
+from storagefs.mount.read import ReadContext
+from storagefs.mount.vfs import VFS
+
+import archives
+from servicestandin import WRONG_OFFSETS, ServiceStandIn
+
+PRODUCERS = {
+    "zip-deflate": lambda d: archives.build_zip_cli(d, method="deflate"),
+    "7zz-deflate-stream": lambda d: archives.build_7zz(d, method="Deflate", streamed=True),
+    "stream-zip": lambda d: archives.build_stream_zip(d),
+    "py-store": lambda d: archives.build_pyzip(d, method="store"),
+}
+
+
+@pytest.fixture(scope="module")
+def stored(server, tmp_path_factory) -> dict[str, dict[str, bytes]]:
+    """{archive path: {member: bytes}} put in the server for this module."""
+    build = tmp_path_factory.mktemp("service-archives")
+    result = {}
+    for producer, make in PRODUCERS.items():
+        try:
+            path, files = make(build / producer)
+        except archives.MissingTool as exc:
+            pytest.skip(str(exc))
+        target = server.root / "service-tests" / producer / "output.zip"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+        result[f"service-tests/{producer}/output.zip"] = files
+    return result
+
+
+def open_every_member(url: str, api_key: str, stored: dict[str, dict[str, bytes]],
+                      standin: ServiceStandIn) -> tuple[int, dict[str, int]]:
+    """Reads every member through a fresh VFS; returns (members, requests by kind), counted
+    after the listings so that only what opening and reading cost is left."""
+    client = StorageClient(ClientConfig(api_url=url, api_key=api_key, retries=1))
+    vfs = VFS(CachedBackend(ClientBackend(client)), context=ReadContext(64 << 20))
+    try:
+        for archive in stored:
+            vfs.list(f"/{archive}")  # the listing and a signed URL, before counting
+            vfs.backend.download_url(archive)
+        standin.reset_counts()
+        members = 0
+        for archive, files in stored.items():
+            for name, data in files.items():
+                reader = vfs.open(f"/{archive}/{name}")
+                try:
+                    assert reader.read(0, len(data) + 1) == data, (archive, name)
+                finally:
+                    reader.close()
+                members += 1
+        return members, dict(standin.requests)
+    finally:
+        client.close()
+
+
+def test_right_offsets_cost_no_request_and_wrong_ones_one(server, stored, figures):
+    with ServiceStandIn(server.url, central_offsets=False) as right, \
+            ServiceStandIn(server.url, offset_error=WRONG_OFFSETS) as wrong:
+        members, right_counts = open_every_member(right.url, server.api_key, stored, right)
+        same, wrong_counts = open_every_member(wrong.url, server.api_key, stored, wrong)
+    assert same == members
+    # Every member of these archives is under 128 KiB: one GET holds its header and its data.
+    assert right_counts == {"GET object": members}, right_counts
+    assert wrong_counts == {"GET object": members,
+                            "GET /storage/zip-file-range": members}, wrong_counts
+    figures["members opened via the service stand-in, offsets right: requests each"] = \
+        sum(right_counts.values()) / members
+    figures["members opened via the service stand-in, offsets wrong: requests each"] = \
+        sum(wrong_counts.values()) / members
