@@ -29,6 +29,7 @@ import collections
 import http.client
 import io
 import json
+import re
 import threading
 import zipfile
 import zlib
@@ -43,6 +44,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encodin
 _CHUNK = 64 * 1024
 _LOCAL_HEADER = 30
 _UTF8_NAMES = 0x800
+_ISSUE = "x-standin-issue"  # added to each URL handed out, taken off before forwarding
 
 
 def WRONG_OFFSETS(name: str) -> int:
@@ -77,6 +79,7 @@ class ServiceStandIn:
         self.raw_prefix = raw_prefix
         self.requests: collections.Counter = collections.Counter()
         self._uses: collections.Counter = collections.Counter()
+        self._issued = 0
         self._central: dict[tuple, dict[str, int]] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -185,9 +188,9 @@ class ServiceStandIn:
         headers = dict(h.headers.items())
         status, urls = self.api_json(h.path, headers)
         download = dict(query).get("operation") == "download"
-        if status != 200 or not download or not self.raw_prefix or not isinstance(urls, list):
+        if status != 200 or not isinstance(urls, list):
             return h.reply(status, json.dumps(urls).encode())
-        for name, path in query:
+        for name, path in query if download and self.raw_prefix else ():
             if name != "paths" or path.endswith("/"):
                 continue
             parent, _, base = path.strip("/").rpartition("/")
@@ -204,7 +207,14 @@ class ServiceStandIn:
                         {"operation": "download", "paths": full}), headers)
                     if more_status == 200 and isinstance(more, list):
                         urls.extend(more)
-        h.reply(200, json.dumps(urls).encode())
+        h.reply(200, json.dumps([self._issue(url) for url in urls]).encode())
+
+    def _issue(self, url: str) -> str:
+        """Each URL handed out is a new one, as a new signature is: expiry counts its uses."""
+        with self._lock:
+            self._issued += 1
+            number = self._issued
+        return f"{url}&{_ISSUE}={number}" if "?" in url else f"{url}?{_ISSUE}={number}"
 
     def object_request(self, h: "_Handler") -> None:
         kind = "upload" if h.command == "PUT" else "object"
@@ -216,13 +226,15 @@ class ServiceStandIn:
         with self._lock:
             self._uses[h.path] += 1
             uses = self._uses[h.path]
+        target = re.sub(rf"[?&]{_ISSUE}=\d+$", "", h.path)  # the reference server's own URL
         if self.expire_after is not None and uses > self.expire_after:
+            self.count("expired")
             return h.reply(400, gcs_error("ExpiredToken", "The provided token has expired."),
                            "application/xml")
         headers = dict(h.headers.items())
         if self.ignore_range:
             headers = {k: v for k, v in headers.items() if k.lower() != "range"}
-        response, conn = self.forward(h.command, h.path, headers, h.read_body())
+        response, conn = self.forward(h.command, target, headers, h.read_body())
         try:
             if response.status >= 400:
                 code = {403: "AccessDenied", 404: "NoSuchKey"}.get(response.status, "Error")
@@ -353,8 +365,11 @@ class _Handler(BaseHTTPRequestHandler):
         if buffered is not None:
             self.wfile.write(buffered)
             return
-        while chunk := response.read(_CHUNK):
-            self.wfile.write(chunk)
+        try:
+            while chunk := response.read(_CHUNK):
+                self.wfile.write(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client had what it wanted (a store that ignores Range sends it all)
 
     def log_message(self, *args) -> None:
         pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from storagefs import storage
 from storagefs.client import StorageClient
 from storagefs.config import ClientConfig
 from storagefs.mount.backend import CachedBackend, ClientBackend
@@ -83,3 +84,21 @@ def test_right_offsets_cost_no_request_and_wrong_ones_one(server, stored, figure
         sum(right_counts.values()) / members
     figures["members opened via the service stand-in, offsets wrong: requests each"] = \
         sum(wrong_counts.values()) / members
+
+
+def test_expiring_urls_ignored_ranges_and_no_head(server, stored, tmp_path):
+    """URLs that expire after two uses (400 ExpiredToken), a store that ignores Range (200 with
+    the whole object) and refuses HEAD: the mount and the library renew and read through."""
+    with ServiceStandIn(server.url, expire_after=2, ignore_range=True) as standin:
+        members, counts = open_every_member(standin.url, server.api_key, stored, standin)
+        assert counts.get("expired", 0) >= 1 and counts.get("GET /storage/signed-urls"), counts
+        client = StorageClient(ClientConfig(api_url=standin.url, api_key=server.api_key))
+        with client, storage.using(client, progress=False):
+            for archive, files in stored.items():
+                name, data = max(files.items(), key=lambda item: len(item[1]))
+                got = storage.download(f"{archive}/{name}", str(tmp_path / "members"))
+                assert open(got, "rb").read() == data
+            archive = next(iter(stored))
+            storage.download(archive, str(tmp_path / "whole"), decompress=False)
+            assert (tmp_path / "whole" / archive).read_bytes() == \
+                (server.root / archive).read_bytes()
