@@ -132,7 +132,8 @@ def test_a_damaged_member_in_a_zip_folder_fails_its_crc(client, unique, tmp_path
 # -- names and existing files -------------------------------------------------------------------
 
 def test_names_are_kept_where_the_local_file_system_allows_them(client, unique, tmp_path):
-    names = ["weird #%?&+.txt", 'we:ird<>|"*.txt', "back\\slash.txt"]
+    names = ["weird #%?&+.txt", 'we:ird<>|"*.txt', "back\\slash.txt",
+             "長" * 84]  # 252 bytes: the temporary name must still fit in 255
     put(client, {f"{unique}/n/{name}": name.encode() for name in names})
     storage.download(f"{unique}/n", str(tmp_path))
     for name in names:
@@ -258,8 +259,8 @@ def interrupt_after(monkeypatch, client: StorageClient, name: str, calls: int) -
     return seen
 
 
-def test_an_interrupted_folder_upload_says_what_was_done_and_resumes(client, unique, tmp_path,
-                                                                      monkeypatch):
+def test_an_interrupted_folder_upload_says_what_was_done_and_resumes(
+        client, unique, tmp_path, monkeypatch):
     src = archives.write_tree(tmp_path / "src", {f"f{i:02}.txt": b"%02d" % i for i in range(8)})
     with monkeypatch.context() as m:
         interrupt_after(m, client, "put_file", 4)
@@ -282,8 +283,8 @@ def test_an_interrupted_folder_upload_says_what_was_done_and_resumes(client, uni
     assert len(sent) == 1
 
 
-def test_an_interrupted_folder_download_says_what_was_done_and_resumes(client, unique, tmp_path,
-                                                                        monkeypatch):
+def test_an_interrupted_folder_download_says_what_was_done_and_resumes(
+        client, unique, tmp_path, monkeypatch):
     put(client, {f"{unique}/f{i:02}.txt": b"%02d" % i for i in range(6)})
     dest = tmp_path / "dl"
     with monkeypatch.context() as m:

@@ -104,8 +104,9 @@ def _create_temporary(folder: str, name: str, executable: bool) -> tuple[int, st
     executable) so that the kernel applies the umask and default ACLs, as ``cp`` and ``unzip``
     get them; ``mkstemp`` would make it 0600."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | os.O_CLOEXEC
+    short = name.encode()[:100].decode(errors="ignore")  # room in NAME_MAX (255 bytes)
     while True:
-        tmp = os.path.join(folder, f".{name[:100]}.{secrets.token_hex(4)}.part")
+        tmp = os.path.join(folder, f".{short}.{secrets.token_hex(4)}.part")
         try:
             return os.open(tmp, flags, 0o777 if executable else 0o666), tmp
         except FileExistsError:

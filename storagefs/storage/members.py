@@ -118,22 +118,24 @@ def download_member(client: StorageClient, zip_path: str, after: str, local_dir:
         wanted, folders = [_Wanted(member, entry, target)], []
     for item in wanted:
         codecs.make_decoder(_method(item.entry))  # UnsupportedMethod before anything is fetched
-        already_there(item.target, item.entry.size, item.entry.crc32)  # refused before, too
+    # Identical local files are kept (a re-run resumes); a different one is refused up front.
+    todo = [w for w in wanted if not already_there(w.target, w.entry.size, w.entry.crc32)]
     urls = client.signed_urls([zip_path], protocol.OPERATION_DOWNLOAD, region)
     if len(urls) != 1:
         raise ServerError(f"expected one signed URL for {zip_path}, got {len(urls)}")
-    what = f'"{posixpath.basename(member)}"' if not entry.is_dir else \
-        f"{len(wanted)} file(s) under \"{after}\""
+    what = f"{len(todo)} file(s) under \"{after}\"" if entry.is_dir \
+        else f'"{posixpath.basename(member)}"'
     dirs = Dirs()
     try:
         with progress_bar(f'Downloading {what} from "{zip_path}"',
-                          sum(w.entry.size or 0 for w in wanted)) as bar:
+                          sum(w.entry.size or 0 for w in todo)) as bar:
             locked = LockedBar(bar)
             run_parallel(client, [lambda cancel, w=w: _download_one(
                 client, zip_path, urls[0], w, region, dirs, locked, cancel)
-                for w in wanted], "downloaded")
-        for folder in folders + [target] * entry.is_dir:
-            dirs.make(folder)  # empty folders too, as cp -r makes them
+                for w in todo], "downloaded")
+        if entry.is_dir:
+            for folder in folders + [target]:
+                dirs.make(folder)  # empty folders too, as cp -r makes them
     except BaseException:
         dirs.undo()
         raise
@@ -146,13 +148,10 @@ def _method(entry: protocol.ZipEntry) -> int:
 
 def _download_one(client: StorageClient, zip_path: str, url: str, wanted: _Wanted,
                   region: Optional[str], dirs: Dirs, bar: Any, cancel: threading.Event) -> str:
-    """One file member into its local place; one already there and identical is kept."""
+    """One file member into its local place."""
     entry, member = wanted.entry, wanted.member
     if cancel.is_set():
         raise Cancelled()
-    if already_there(wanted.target, entry.size, entry.crc32):
-        bar.update(entry.size or 0)
-        return wanted.target
     if entry.range_start is not None and entry.compressed_size is not None:
         try:
             _fetch_member(client, _Fetch(url, member, entry.range_start, entry.compressed_size,
