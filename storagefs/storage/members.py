@@ -132,7 +132,7 @@ def download_member(client: StorageClient, zip_path: str, after: str, local_dir:
             locked = LockedBar(bar)
             run_parallel(client, [lambda cancel, w=w: _download_one(
                 client, zip_path, urls[0], w, region, dirs, locked, cancel)
-                for w in todo], "downloaded")
+                for w in todo], "downloaded", len(wanted) - len(todo))
         if entry.is_dir:
             for folder in folders + [target]:
                 dirs.make(folder)  # empty folders too, as cp -r makes them

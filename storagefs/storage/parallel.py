@@ -18,14 +18,14 @@ class Cancelled(Exception):
 
 
 def run_parallel(client: StorageClient, jobs: list[Callable[..., Any]],
-                 done_word: Optional[str] = None) -> list:
+                 done_word: Optional[str] = None, done_before: int = 0) -> list:
     """Runs jobs on the client's transfer pool; the first failure cancels the others.
 
     Each job is called with one argument, the cancel event (lambdas binding their loop values
     as defaults, hence the loose type). With ``done_word`` ("uploaded"), a failure or Ctrl-C
     in a batch of several files leaves one note on the exception (``__notes__``, shown under
     a traceback and by the command line): "23 of 300 files uploaded; run the same command
-    again to resume (...)".
+    again to resume (...)"; ``done_before`` files found already there count as done.
     """
     if not jobs:
         return []
@@ -62,9 +62,10 @@ def run_parallel(client: StorageClient, jobs: list[Callable[..., Any]],
                 raise errors[0]
             return [f.result() for f in futures]
     except BaseException as exc:  # the pool has stopped: the count is final
-        if done_word and len(jobs) > 1:
+        if done_word and done_before + len(jobs) > 1:
             # what BaseException.add_note does (3.11), written out for 3.10
             setattr(exc, "__notes__", [*getattr(exc, "__notes__", []),
-                                       f"{finished[0]} of {len(jobs)} files {done_word}; "
+                                       f"{done_before + finished[0]} of "
+                                       f"{done_before + len(jobs)} files {done_word}; "
                                        f"{RESUME_HINT}"])
         raise

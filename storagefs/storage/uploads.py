@@ -113,6 +113,7 @@ def upload(local_path: str, remote_dir: str, region: Optional[str] = None) -> No
         logger.info("Nothing to upload: %s holds no files.", local_path)
         return
     client = get_client()
+    same: set[str] = set()
     if not overwrite_allowed():
         same = _already_stored(client, plan, region)
         if same:
@@ -139,5 +140,5 @@ def upload(local_path: str, remote_dir: str, region: Optional[str] = None) -> No
                 client.put_file(url, cast(BinaryIO, reader), size)
 
         run_parallel(client, [lambda cancel, u=url, p=path, s=size: job(cancel, u, p, s)
-                              for url, (path, _, size) in zip(urls, plan)], "uploaded")
+                              for url, (path, _, size) in zip(urls, plan)], "uploaded", len(same))
     logger.info("Content uploaded successfully.")
