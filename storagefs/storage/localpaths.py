@@ -103,7 +103,8 @@ def _create_temporary(folder: str, name: str, executable: bool) -> tuple[int, st
     """A new hidden file next to where ``name`` goes. Created with mode 0666 (0777 for an
     executable) so that the kernel applies the umask and default ACLs, as ``cp`` and ``unzip``
     get them; ``mkstemp`` would make it 0600."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
     short = name.encode()[:100].decode(errors="ignore")  # room in NAME_MAX (255 bytes)
     while True:
         tmp = os.path.join(folder, f".{short}.{secrets.token_hex(4)}.part")

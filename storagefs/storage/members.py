@@ -204,7 +204,7 @@ def _fetch_member(client: StorageClient, where: _Fetch, target: str, dirs: Dirs,
                 raise Cancelled()
             yield chunk
 
-    with atomic_file(target, dirs, executable=False) as handle:
+    with atomic_file(target, dirs) as handle:  # listings carry no modes: 0666 & ~umask
         fetch: ContextManager[Iterator[bytes]] = \
             client.stream(where.url, head_start, end) if end >= head_start \
             else contextlib.nullcontext(iter(()))  # an empty member: nothing to fetch
