@@ -34,7 +34,11 @@ def run_parallel(client: StorageClient, jobs: list[Callable[..., Any]],
     lock = threading.Lock()
 
     def counted(job: Callable[..., Any]) -> Any:
-        result = job(cancel)
+        try:
+            result = job(cancel)
+        except BaseException:
+            cancel.set()  # at once: the worker must not start its next job meanwhile
+            raise
         with lock:
             finished[0] += 1
         return result
