@@ -117,8 +117,8 @@ def upload(local_path: str, remote_dir: str, region: Optional[str] = None) -> No
     if not overwrite_allowed():
         same = _already_stored(client, plan, region)
         if same:
-            logger.info("%d of %d file(s) already stored and identical: skipped.", len(same),
-                        len(plan))
+            logger.info("%d of %d file(s) skipped: stored with the same size after their last "
+                        "local change.", len(same), len(plan))
             plan = [item for item in plan if item[1] not in same]
         if not plan:
             return
