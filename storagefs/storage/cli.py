@@ -17,6 +17,7 @@ from ..config import ClientConfig
 from ..errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, StorageError
 from ..zipfmt import codecs
 from .formatting import bytes_formatter, table
+from .overwrite import overwriting
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -81,6 +82,9 @@ def add_commands(subparsers) -> None:
                    help="local folder to download into (default: the current folder)")
     p.add_argument("--decompress", action="store_true",
                    help="extract downloaded .zip files (and remove them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace local files that differ from the stored ones (default: refuse; "
+                   "identical ones are always skipped)")
     _region(p)
 
     p = add("upload", ["ul"], "upload a file or folder", run_upload, """\
@@ -150,8 +154,9 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    path = storage.download(remote_path=args.remote_path, local_dir=args.local_dir,
-                            decompress=args.decompress, region=args.region)
+    with overwriting(args.overwrite):
+        path = storage.download(remote_path=args.remote_path, local_dir=args.local_dir,
+                                decompress=args.decompress, region=args.region)
     print(f"Downloaded {args.remote_path} to {path}")
     return EXIT_OK
 

@@ -15,6 +15,7 @@ from .defaults import get_client
 from .extraction import extract_zip
 from .localpaths import Dirs, atomic_file, inside, local_segments, safe_segments
 from .members import download_member, split_zip_path
+from .overwrite import already_there
 from .parallel import Cancelled, run_parallel
 from .progress import LockedBar, progress_bar
 
@@ -31,15 +32,16 @@ def download(
 
     Files land at ``local_dir/<remote path>``; a file inside a zip, e.g.
     ``task_id/output.zip/stdout.txt``, lands at ``local_dir/task_id/output/stdout.txt`` and is
-    fetched alone with one ranged request. With ``decompress``, downloaded ``.zip`` files are
-    extracted next to themselves (``x.zip`` -> ``x/``; only ``artifacts/`` of a task output)
-    and removed. Returns the local path of the file or folder.
+    fetched alone with one ranged request (a folder inside a zip: each file under it). With
+    ``decompress``, downloaded ``.zip`` files are extracted next to themselves (``x.zip`` ->
+    ``x/``; only ``artifacts/`` of a task output) and removed. A local file already there and
+    identical is kept (so a re-run resumes); a different one is refused unless
+    ``overwrite.set_overwrite(True)``. Returns the local path of the file or folder.
     """
     client = get_client()
     zipped = split_zip_path(remote_path)
     if zipped is not None:
-        paths = [download_member(client, zipped[0], zipped[1], local_dir, region)]
-        result = paths[0]
+        result, paths = download_member(client, zipped[0], zipped[1], local_dir, region)
     else:
         paths = _download_path(client, remote_path, local_dir, region)
         remote = protocol.clean_path(remote_path)
@@ -65,6 +67,8 @@ def _download_path(client: StorageClient, remote_path: str, local_dir: str,
     if len(set(targets)) != len(targets):
         raise ServerError("two signed URLs map to the same local file")
     sizes = run_parallel(client, [lambda cancel, u=url: client.object_size(u) for url in urls])
+    for target, size in zip(targets, sizes):
+        already_there(target, size)  # a different local file: refused before any transfer
     dirs = Dirs()
     desc = f'Downloading {len(urls)} file(s) from "{remote_path}"'
     try:
@@ -73,7 +77,7 @@ def _download_path(client: StorageClient, remote_path: str, local_dir: str,
             jobs = [lambda cancel, u=url, t=target, s=size:
                     _download_file(client, u, t, s, locked, cancel, dirs)
                     for url, target, size in zip(urls, targets, sizes)]
-            return run_parallel(client, jobs)
+            return run_parallel(client, jobs, "downloaded")
     except BaseException:
         dirs.undo()
         raise

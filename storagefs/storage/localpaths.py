@@ -1,8 +1,10 @@
 """Where downloads land on the local disk, and writing there safely.
 
 Remote names and archive members choose local paths, so every path is checked to stay inside
-the download folder (symlinks included); files appear only complete (written under a temporary
-name, then renamed), and folders a failed download created are removed again.
+the download folder (symlinks included); names are kept as they are where the local file system
+allows them; files appear only complete (written under a temporary name, then renamed), with the
+modes ``cp`` or ``unzip`` would give them, and folders a failed download created are removed
+again.
 """
 
 from __future__ import annotations
@@ -10,25 +12,30 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
+import secrets
 import threading
 import urllib.parse
 from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import InvalidRequest, ServerError
+from .overwrite import settle
 
-_UNSAFE_CHARS = re.compile(r'[<>:"|?*]')  # replaced with '_' in local names, as the SDK does
+# Characters Windows refuses in file names: replaced with '_' there, as the SDK does. POSIX
+# systems refuse only '/' (which separates segments) and NUL (refused below): names stay as is.
+_WINDOWS_UNSAFE = re.compile(r'[<>:"|?*]')
+_ESCAPES = ("\x00", "\\") if os.name == "nt" else ("\x00",)  # separators other than '/'
 
 
 def safe_segments(segments: Iterable[str], what: str) -> list[str]:
-    """Path segments fit for a local path: unsafe characters replaced, escapes refused."""
+    """Path segments fit for a local path: names kept where the OS allows them, escapes
+    refused."""
     out = []
     for segment in segments:
         if segment in ("", "."):
             continue
-        if segment == ".." or "\x00" in segment or "\\" in segment:
+        if segment == ".." or any(c in segment for c in _ESCAPES):
             raise InvalidRequest(f"refusing to write outside the download folder: {what!r}")
-        out.append(_UNSAFE_CHARS.sub("_", segment))
+        out.append(_WINDOWS_UNSAFE.sub("_", segment) if os.name == "nt" else segment)
     return out
 
 
@@ -92,19 +99,34 @@ class Dirs:
                 os.rmdir(folder)  # only if empty: completed files stay
 
 
+def _create_temporary(folder: str, name: str, executable: bool) -> tuple[int, str]:
+    """A new hidden file next to where ``name`` goes. Created with mode 0666 (0777 for an
+    executable) so that the kernel applies the umask and default ACLs, as ``cp`` and ``unzip``
+    get them; ``mkstemp`` would make it 0600."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    short = name.encode()[:100].decode(errors="ignore")  # room in NAME_MAX (255 bytes)
+    while True:
+        tmp = os.path.join(folder, f".{short}.{secrets.token_hex(4)}.part")
+        try:
+            return os.open(tmp, flags, 0o777 if executable else 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
-def atomic_file(path: str, dirs: Dirs) -> Iterator[BinaryIO]:
-    """A temporary file next to ``path``, renamed to it only if the block completes."""
+def atomic_file(path: str, dirs: Dirs, executable: bool = False) -> Iterator[BinaryIO]:
+    """A temporary file next to ``path``, moved there only if the block completes (and only
+    over a different file when overwriting is allowed: ``overwrite.settle``)."""
     folder = os.path.dirname(path) or "."
     dirs.make(folder)
     if os.path.isdir(path):
         raise InvalidRequest(f"cannot write file {path}: a folder has that name")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path)[:100] + ".",
-                               suffix=".part")
+    fd, tmp = _create_temporary(folder, os.path.basename(path), executable)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
-        os.replace(tmp, path)
+        settle(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

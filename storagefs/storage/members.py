@@ -1,4 +1,5 @@
-"""One file inside a stored zip, fetched with one ranged GET, decoded and verified.
+"""A file inside a stored zip (or each file under a folder of it), fetched with one ranged GET,
+decoded and verified.
 
 ``task/output.zip/stdout.txt`` names a member the SDK's way (``artifacts/`` or ``sim_dir/``
 implied for task archives). The API gives the member's data range but not always its CRC-32,
@@ -11,16 +12,19 @@ import contextlib
 import dataclasses
 import logging
 import posixpath
+import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, ContextManager, Iterator, Optional, Tuple
 
 from .. import protocol
 from ..client import StorageClient
-from ..errors import CorruptArchive, InvalidRequest, ServerError, TransferError, UnsupportedMethod
+from ..errors import CorruptArchive, ServerError, TransferError, UnsupportedMethod
 from ..zipfmt import codecs
 from ..zipfmt import local as ziplocal
 from .localpaths import Dirs, atomic_file, inside, safe_segments
-from .progress import progress_bar
+from .overwrite import already_there
+from .parallel import Cancelled, run_parallel
+from .progress import LockedBar, progress_bar
 from .sdktypes import (ARTIFACTS_DIRNAME, INPUT_DIRNAME, TASK_INPUT_ZIP, TASK_OUTPUT_ZIP,
                        MemberNotFound)
 
@@ -40,7 +44,7 @@ def _resolve_member(client: StorageClient, zip_path: str, after: str,
                     region: Optional[str]) -> Tuple[str, protocol.ZipEntry]:
     """The member named by ``after``: the SDK's reading first (``artifacts/`` or ``sim_dir/``
     before it for task archives), then the path exactly as written. Returns (member path,
-    entry)."""
+    entry); a folder's entry ends in '/'."""
     candidates = []
     if TASK_OUTPUT_ZIP in zip_path:
         candidates.append(f"{ARTIFACTS_DIRNAME}/{after}")
@@ -51,10 +55,8 @@ def _resolve_member(client: StorageClient, zip_path: str, after: str,
         folder, name = posixpath.split(member)
         listing = client.zip_contents(zip_path, folder, False, region)
         for entry in listing.contents:
-            if entry.name == name:
+            if entry.name in (name, name + "/"):
                 return member, entry
-            if entry.name == name + "/":
-                raise InvalidRequest(f'"{after}" is a folder inside "{zip_path}"; name a file')
     raise MemberNotFound(f'File "{after}" not found in "{zip_path}".')
 
 
@@ -81,9 +83,20 @@ class _Fetch:
     header_span: int = _HEADER_SLACK
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """One file member to fetch, and where it goes."""
+
+    member: str
+    entry: protocol.ZipEntry
+    target: str
+
+
 def download_member(client: StorageClient, zip_path: str, after: str, local_dir: str,
-                    region: Optional[str]) -> str:
-    """One member of a stored zip, with a single ranged GET, decoded and verified.
+                    region: Optional[str]) -> Tuple[str, list[str]]:
+    """One member of a stored zip, or every file under a folder of it, each with a single
+    ranged GET, decoded and verified (CRC-32). Returns (the local file or folder, the local
+    files).
 
     The range asked for starts a little before the compressed data, to read the member's local
     header (flags and CRC-32), and ends a little after it, for the data descriptor that
@@ -92,42 +105,76 @@ def download_member(client: StorageClient, zip_path: str, after: str, local_dir:
     alone); otherwise ``zip-file-range`` says where the data is, as the official client asks.
     """
     member, entry = _resolve_member(client, zip_path, after, region)
-    folder, name = posixpath.split(member)
-    method = entry.compress_type if entry.compress_type is not None else protocol.STORED
-    codecs.make_decoder(method)  # UnsupportedMethod before anything is fetched
+    base = zip_path[:-4].split("/") + after.split("/")
+    target = inside(local_dir, safe_segments(base, after), after)
+    if entry.is_dir:
+        listing = client.zip_contents(zip_path, member, True, region).contents
+        wanted = [_Wanted(f"{member}/{e.name}", e, inside(
+            local_dir, safe_segments(base + e.name.split("/"), e.name), e.name))
+            for e in listing if not e.is_dir]
+        folders = [inside(local_dir, safe_segments(base + e.name.split("/"), e.name), e.name)
+                   for e in listing if e.is_dir]
+    else:
+        wanted, folders = [_Wanted(member, entry, target)], []
+    for item in wanted:
+        codecs.make_decoder(_method(item.entry))  # UnsupportedMethod before anything is fetched
+    # Identical local files are kept (a re-run resumes); a different one is refused up front.
+    todo = [w for w in wanted if not already_there(w.target, w.entry.size, w.entry.crc32)]
     urls = client.signed_urls([zip_path], protocol.OPERATION_DOWNLOAD, region)
     if len(urls) != 1:
         raise ServerError(f"expected one signed URL for {zip_path}, got {len(urls)}")
-    segments = safe_segments(zip_path[:-4].split("/") + after.split("/"), after)
-    target = inside(local_dir, segments, after)
-    desc = f'Downloading "{name}" from "{zip_path}"'
+    what = f"{len(todo)} file(s) under \"{after}\"" if entry.is_dir \
+        else f'"{posixpath.basename(member)}"'
     dirs = Dirs()
     try:
-        if entry.range_start is not None and entry.compressed_size is not None:
-            try:
-                _fetch_member(client, _Fetch(urls[0], member, entry.range_start,
-                                             entry.compressed_size, method, entry.size,
-                                             entry.crc32, prove=True), target, dirs, desc)
-                return target
-            except _Unproven:
-                log.info("%s: the listing's offset %d is not confirmed by a local header; "
-                         "asking zip-file-range", member, entry.range_start)
-        rng = client.zip_file_range(zip_path, name, folder, region)
-        where = _Fetch(urls[0], member, rng.range_start, rng.range_end - rng.range_start + 1,
-                       rng.compress_type, entry.size, entry.crc32, prove=False)
-        try:
-            _fetch_member(client, where, target, dirs, desc)
-        except _Unproven:  # an extra field longer than the slack: look as far as one can be
-            _fetch_member(client, dataclasses.replace(
-                where, header_span=ziplocal.LOCAL_HEADER_MAX), target, dirs, desc)
+        with progress_bar(f'Downloading {what} from "{zip_path}"',
+                          sum(w.entry.size or 0 for w in todo)) as bar:
+            locked = LockedBar(bar)
+            run_parallel(client, [lambda cancel, w=w: _download_one(
+                client, zip_path, urls[0], w, region, dirs, locked, cancel)
+                for w in todo], "downloaded", len(wanted) - len(todo))
+        if entry.is_dir:
+            for folder in folders + [target]:
+                dirs.make(folder)  # empty folders too, as cp -r makes them
     except BaseException:
         dirs.undo()
         raise
-    return target
+    return target, [w.target for w in wanted]
 
 
-def _fetch_member(client: StorageClient, where: _Fetch, target: str, dirs: Dirs,
-                  desc: str) -> None:
+def _method(entry: protocol.ZipEntry) -> int:
+    return entry.compress_type if entry.compress_type is not None else protocol.STORED
+
+
+def _download_one(client: StorageClient, zip_path: str, url: str, wanted: _Wanted,
+                  region: Optional[str], dirs: Dirs, bar: Any, cancel: threading.Event) -> str:
+    """One file member into its local place."""
+    entry, member = wanted.entry, wanted.member
+    if cancel.is_set():
+        raise Cancelled()
+    if entry.range_start is not None and entry.compressed_size is not None:
+        try:
+            _fetch_member(client, _Fetch(url, member, entry.range_start, entry.compressed_size,
+                                         _method(entry), entry.size, entry.crc32, prove=True),
+                          wanted.target, dirs, bar, cancel)
+            return wanted.target
+        except _Unproven:
+            log.info("%s: the listing's offset %d is not confirmed by a local header; "
+                     "asking zip-file-range", member, entry.range_start)
+    folder, name = posixpath.split(member)
+    rng = client.zip_file_range(zip_path, name, folder, region)
+    where = _Fetch(url, member, rng.range_start, rng.range_end - rng.range_start + 1,
+                   rng.compress_type, entry.size, entry.crc32, prove=False)
+    try:
+        _fetch_member(client, where, wanted.target, dirs, bar, cancel)
+    except _Unproven:  # an extra field longer than the slack: look as far as one can be
+        _fetch_member(client, dataclasses.replace(
+            where, header_span=ziplocal.LOCAL_HEADER_MAX), wanted.target, dirs, bar, cancel)
+    return wanted.target
+
+
+def _fetch_member(client: StorageClient, where: _Fetch, target: str, dirs: Dirs, bar: Any,
+                  cancel: threading.Event) -> None:
     """One ranged GET from a little before the data to a little after it, decoded into an
     atomic file. The end may lie past the archive's end (the server clamps it): the listing's
     archive size is not relied on, since the service may report the uncompressed total."""
@@ -151,12 +198,18 @@ def _fetch_member(client: StorageClient, where: _Fetch, target: str, dirs: Dirs,
             raise UnsupportedMethod(f"{where.member} is encrypted")
         return header
 
-    with progress_bar(desc, end - head_start + 1) as bar, atomic_file(target, dirs) as handle:
+    def watched(chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if cancel.is_set():
+                raise Cancelled()
+            yield chunk
+
+    with atomic_file(target, dirs) as handle:  # listings carry no modes: 0666 & ~umask
         fetch: ContextManager[Iterator[bytes]] = \
             client.stream(where.url, head_start, end) if end >= head_start \
             else contextlib.nullcontext(iter(()))  # an empty member: nothing to fetch
         with fetch as chunks:
-            decode_member(chunks, where.start - head_start, where.length, where.method,
+            decode_member(watched(chunks), where.start - head_start, where.length, where.method,
                           where.size, handle, bar, where.member, where.crc32, check_header)
 
 
@@ -168,14 +221,24 @@ def decode_member(chunks: Iterator[bytes], head_len: int, data_len: int, method:
     """Splits a fetched window into local header, compressed data and trailing bytes; decodes
     the data into ``out`` and verifies its size and CRC-32 (given, or from the header or the
     data descriptor). ``check_header`` reads the local header that ends the head (it may
-    refuse it by raising, before any data is written)."""
+    refuse it by raising, before any data is written). ``bar`` counts the decoded bytes, the
+    ones the user gets; the last piece only once verified, so a damaged member never shows
+    complete."""
     head, tail = bytearray(), bytearray()
     decoder = codecs.make_decoder(method)
     check = codecs.Crc32Check(crc32, size, member)
     header = None
     consumed = 0
+    held = [0]  # decoded bytes written but not yet counted
+
+    def write(data: bytes) -> None:
+        if data:
+            check.update(data)
+            out.write(data)
+            bar.update(held[0])
+            held[0] = len(data)
+
     for chunk in chunks:
-        bar.update(len(chunk))
         view = memoryview(chunk)
         if consumed < head_len:
             take = min(head_len - consumed, len(view))
@@ -188,21 +251,18 @@ def decode_member(chunks: Iterator[bytes], head_len: int, data_len: int, method:
                     check.expected_crc = header.crc32
         if view and consumed < head_len + data_len:
             take = min(head_len + data_len - consumed, len(view))
-            data = decoder.decompress(bytes(view[:take]))
-            check.update(data)
-            out.write(data)
+            write(decoder.decompress(bytes(view[:take])))
             consumed += take
             view = view[take:]
         tail += view
     if consumed < head_len + data_len:
         raise TransferError(f"{member}: the range ended after {consumed - head_len} of "
                             f"{data_len} compressed bytes")
-    data = decoder.flush()
-    check.update(data)
-    out.write(data)
+    write(decoder.flush())
     if crc32 is None and header is not None and header.crc_in_descriptor:
         check.expected_crc = _descriptor_crc(bytes(tail), member)
     check.verify()
+    bar.update(held[0])
 
 
 def _header_checker(member: str) -> Callable[[bytes], ziplocal.LocalHeader]:

@@ -9,11 +9,12 @@ import threading
 from typing import BinaryIO, Optional, Tuple, cast
 
 from .. import protocol
-from ..errors import InvalidRequest
+from ..client import StorageClient
+from ..errors import InvalidRequest, NotFound
 from .defaults import get_client
+from .overwrite import overwrite_allowed
 from .parallel import Cancelled, run_parallel
 from .progress import LockedBar, progress_bar
-from .sdktypes import TASK_OUTPUT_ZIP
 
 logger = logging.getLogger(__package__)  # the library logs under one name, "storagefs.storage"
 
@@ -73,23 +74,55 @@ def _upload_plan(local_path: str, remote_dir: str) -> list[Tuple[str, str, int]]
              os.path.getsize(local_path))]
 
 
+def _already_stored(client: StorageClient, plan: list[Tuple[str, str, int]],
+                    region: Optional[str]) -> set[str]:
+    """The remote paths of the plan that already hold their local file: the same size, stored
+    after the local file last changed (the quick check of rsync and rclone, from one listing
+    per remote folder). A file edited since its upload has a later mtime and is sent again;
+    an upload cut short stores nothing, or not the same size."""
+    stored: dict[str, protocol.StorageFile] = {}
+    for folder in sorted({posixpath.dirname(remote) for _, remote, _ in plan}):
+        try:
+            for entry in client.iter_contents(folder or "/", region=region):
+                if not entry.is_directory:
+                    stored[posixpath.join(folder, entry.name)] = entry
+        except NotFound:
+            continue
+    same = set()
+    for path, remote, size in plan:
+        found = stored.get(remote)
+        if found is not None and found.size_bytes == size and found.creation_time is not None \
+                and found.creation_time.timestamp() >= os.path.getmtime(path):
+            same.add(remote)
+    return same
+
+
 def upload(local_path: str, remote_dir: str, region: Optional[str] = None) -> None:
     """Uploads a local file or folder into ``remote_dir``, streamed and in parallel.
 
     A file goes to ``remote_dir/<its name>``; a folder's files go to
-    ``remote_dir/<path relative to the folder>``.
+    ``remote_dir/<path relative to the folder>``. Files already stored (same size, stored
+    after their last local change) are skipped, so running an interrupted upload again
+    resumes it; ``overwrite.set_overwrite(True)`` sends every file. Unlike the SDK, a file
+    named ``output.zip`` is uploaded like any other: task folders hold exactly such files.
     """
     if not os.path.exists(local_path):
         raise InvalidRequest(f"File or directory '{local_path}' does not exist.")
     plan = _upload_plan(local_path, remote_dir)
-    output_zip = posixpath.join(protocol.clean_path(remote_dir), TASK_OUTPUT_ZIP).lstrip("/")
-    if any(remote == output_zip for _, remote, _ in plan):
-        raise InvalidRequest(f"Invalid file name: '{TASK_OUTPUT_ZIP}'.")
     if not plan:
         logger.info("Nothing to upload: %s holds no files.", local_path)
         return
-    logger.info("Uploading content...")
     client = get_client()
+    same: set[str] = set()
+    if not overwrite_allowed():
+        same = _already_stored(client, plan, region)
+        if same:
+            logger.info("%d of %d file(s) skipped: stored with the same size after their last "
+                        "local change.", len(same), len(plan))
+            plan = [item for item in plan if item[1] not in same]
+        if not plan:
+            return
+    logger.info("Uploading content...")
     urls: list[str] = []
     for i in range(0, len(plan), _URL_BATCH):
         batch = [remote for _, remote, _ in plan[i:i + _URL_BATCH]]
@@ -107,5 +140,5 @@ def upload(local_path: str, remote_dir: str, region: Optional[str] = None) -> No
                 client.put_file(url, cast(BinaryIO, reader), size)
 
         run_parallel(client, [lambda cancel, u=url, p=path, s=size: job(cancel, u, p, s)
-                              for url, (path, _, size) in zip(urls, plan)])
+                              for url, (path, _, size) in zip(urls, plan)], "uploaded", len(same))
     logger.info("Content uploaded successfully.")
