@@ -102,3 +102,22 @@ def test_expiring_urls_ignored_ranges_and_no_head(server, stored, tmp_path):
             storage.download(archive, str(tmp_path / "whole"), decompress=False)
             assert (tmp_path / "whole" / archive).read_bytes() == \
                 (server.root / archive).read_bytes()
+
+
+def test_folder_download_keeps_to_the_folder_the_service_expands_by_prefix(service, server,
+                                                                           tmp_path):
+    """The service expands ``mydata`` by raw prefix (``mydata2/...`` too): the download keeps
+    to the folder asked for, and the path is sent as typed (a trailing slash kept)."""
+    for name, data in {"prefix-tests/mydata/a.txt": b"a", "prefix-tests/mydata/sub/b.txt": b"b",
+                       "prefix-tests/mydata2/c.txt": b"c"}.items():
+        (server.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (server.root / name).write_bytes(data)
+    client = StorageClient(ClientConfig(api_url=service.url, api_key=server.api_key))
+    with client, storage.using(client, progress=False):
+        assert len(client.signed_urls(["prefix-tests/mydata"], "download")) == 3
+        for typed in ("prefix-tests/mydata", "prefix-tests/mydata/"):
+            dest = tmp_path / typed.replace("/", "_")
+            storage.download(typed, str(dest))
+            got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+            assert got == ["prefix-tests/mydata/a.txt", "prefix-tests/mydata/sub/b.txt"]
+        assert service.requests["GET /storage/signed-urls"] >= 2

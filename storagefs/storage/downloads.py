@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import urllib.parse
 from typing import Optional
 
 from .. import protocol
@@ -58,10 +59,28 @@ def download(
     return result
 
 
+def _under(urls: list[str], remote: str) -> list[str]:
+    """The URLs of files at or under ``remote``: a service that expands a folder by raw prefix
+    also gives ``mydata2/...`` for ``mydata``; those are left out, not a reason to fail."""
+    kept = []
+    for url in urls:
+        try:
+            local_segments(url, remote)
+        except ServerError:
+            logger.debug("skipping %s: not under %r", urllib.parse.urlsplit(url).path, remote)
+            continue
+        kept.append(url)
+    if urls and not kept:
+        local_segments(urls[0], remote)  # none fits: say so
+    return kept
+
+
 def _download_path(client: StorageClient, remote_path: str, local_dir: str,
                    region: Optional[str]) -> list[str]:
     remote = protocol.clean_path(remote_path)
-    urls = client.signed_urls([remote or "/"], protocol.OPERATION_DOWNLOAD, region)
+    # As typed: a trailing slash says "folder" to a service that expands paths by prefix.
+    asked = remote + "/" if remote and remote_path.endswith("/") else remote or "/"
+    urls = _under(client.signed_urls([asked], protocol.OPERATION_DOWNLOAD, region), remote)
     targets = [inside(local_dir, safe_segments(local_segments(url, remote), url), url)
                for url in urls]
     if len(set(targets)) != len(targets):
