@@ -15,7 +15,7 @@ import textwrap
 from .. import storage
 from ..client import StorageClient
 from ..config import ClientConfig
-from ..errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, StorageError
+from ..errors import EXIT_ERROR, EXIT_OK, StorageError
 from ..zipfmt import codecs
 from .formatting import bytes_formatter, plural, table
 from .listing import list_entries, listing_table, zip_folder_contents
@@ -67,7 +67,7 @@ def add_commands(subparsers) -> None:
             description=help_text[0].upper() + help_text[1:],
             epilog=textwrap.dedent(epilog),
             formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.set_defaults(run=lambda args: _with_client(args, run))
+        parser.set_defaults(run=lambda args: _with_client(args, run), verb_parser=parser)
         return parser
 
     p = add("ls", ["list"], "list a storage folder", run_ls, """\
@@ -240,8 +240,7 @@ def _confirm(paths: list[str], everything: bool) -> bool:
 
 def run_rm(args: argparse.Namespace) -> int:
     if not args.paths and not args.all:
-        print("storagefs rm: error: name at least one path, or --all", file=sys.stderr)
-        return EXIT_USAGE
+        args.verb_parser.error("name at least one path, or --all")  # with rm's usage, exit 2
     if not args.confirm and not _confirm(args.paths, args.all):
         print("Nothing removed.", file=sys.stderr)
         return EXIT_ERROR
