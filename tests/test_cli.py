@@ -94,6 +94,7 @@ def test_size_and_usage_errors(env, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["ls", "--max-results", "many"])
     assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: storagefs ls ")
     with pytest.raises(SystemExit) as info:
         cli.main(["rm"])
     assert info.value.code == 2
