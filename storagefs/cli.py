@@ -8,6 +8,7 @@ an error is one line on stderr and exit 1 (the traceback with ``--debug``), Ctrl
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -18,13 +19,19 @@ def _interrupted_while_starting(signum, frame) -> None:
     raise SystemExit(128 + signal.SIGINT)
 
 
-if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # main() puts it back
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
+def _started_as_the_command() -> bool:
+    """Run as ``storagefs`` or ``python -m storagefs``, not imported by a program or a test."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    return (os.path.basename(argv0) == "storagefs"
+            or argv0.endswith(os.path.join("storagefs", "__main__.py")))
+
+
+if _started_as_the_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_while_starting)  # main() puts the default back
 
 import argparse  # noqa: E402  (after the handler above, as everything below)
 import io  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
 import re  # noqa: E402
 import secrets  # noqa: E402
 import select  # noqa: E402

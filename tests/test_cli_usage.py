@@ -187,10 +187,14 @@ def test_every_verb_has_examples_and_one_spelling(environ, verb):
         assert "mountpoint  " in text and "the folder" in text
 
 
-def test_mount_helper_arguments_have_help():
+def test_mount_helper_arguments_have_help(capsys):
     from storagefs.mount.command import fstab
     with pytest.raises(SystemExit):
         fstab.mount_helper(["--help"])
+    text = capsys.readouterr().out
+    for argument in ("source", "mountpoint"):
+        line = next(x for x in text.splitlines() if x.strip().startswith(argument + " "))
+        assert len(line.split()) > 2, line
 
 
 def test_connection_options_before_the_verb(server, environ, unique):
