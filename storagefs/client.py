@@ -231,6 +231,10 @@ class StorageClient:
             raise _wrap_transport(exc, f"{what} ({self.config.api_url})") from None
         ok = response.status_code in accept if accept else 200 <= response.status_code < 300
         if not ok:
+            if response.status_code == 401 and self.config.api_key_source:
+                raise AuthenticationError(
+                    f"the API key from {self.config.api_key_source} was refused "
+                    f"({what}: HTTP 401)", hint="check the key there")
             raise self._api_error(response, what)
         if not response.content:
             return None

@@ -7,8 +7,9 @@ objects; nothing below reads the environment itself.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_API_URL = "https://api.inductiva.ai"
 API_URL_ENV = "INDUCTIVA_API_URL"
@@ -59,30 +60,62 @@ class ClientConfig:
     backoff_factor: float = 0.3
     pool_size: int = 16
     transfer_workers: int = 8
+    # Where api_key came from ("--api-key", "INDUCTIVA_API_KEY", a file...), for messages.
+    api_key_source: str | None = field(default=None, compare=False)
 
     @classmethod
-    def from_env(cls, **overrides) -> "ClientConfig":
-        """Arguments win over the environment, which wins over the config file and key file."""
+    def from_env(cls, *, source: str = "options", **overrides) -> "ClientConfig":
+        """Arguments win over the environment, which wins over the config file and key file.
+
+        ``source`` says where the arguments came from: ``"options"`` (the command line's
+        ``--api-key``...) or a name such as ``"configure()"``, so that a refused key or a bad
+        URL is reported where it was set.
+        """
         values: dict = {}
-        values.update(_read_config_file())
-        if os.environ.get(API_URL_ENV):
-            values["api_url"] = os.environ[API_URL_ENV]
-        if os.environ.get(API_KEY_ENV):
-            values["api_key"] = os.environ[API_KEY_ENV]
+        sources: dict[str, str] = {}
+        config_file = config_file_path()
+        for name, value in _read_config_file(config_file).items():
+            values[name], sources[name] = value, str(config_file)
+        for name, env in (("api_url", API_URL_ENV), ("api_key", API_KEY_ENV)):
+            if os.environ.get(env):
+                values[name], sources[name] = os.environ[env], env
         if not values.get("api_key"):
             key_file = API_KEY_FILE.expanduser()
             if key_file.is_file():
                 values["api_key"] = key_file.read_text().strip() or None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        values["api_url"] = str(values.get("api_url", DEFAULT_API_URL)).rstrip("/")
+                sources["api_key"] = str(API_KEY_FILE)
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+                sources[name] = "--" + name.replace("_", "-") if source == "options" else source
+        api_url = str(values.get("api_url", DEFAULT_API_URL)).rstrip("/")
+        values["api_url"] = checked_url(api_url, sources.get("api_url", "the default"))
+        values["api_key_source"] = sources.get("api_key")
         return cls(**values)
 
 
-def _read_config_file() -> dict:
+def checked_url(url: str, source: str) -> str:
+    """The API URL as given, or a one-line ``InvalidRequest`` that says what to write."""
+    from .errors import InvalidRequest
+
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return url
+    if "://" not in url:
+        raise InvalidRequest(f"the API URL {url!r} (from {source}) has no scheme: write "
+                             f"https://{url} or http://{url}")
+    raise InvalidRequest(f"the API URL {url!r} (from {source}) is not an http:// or https:// URL")
+
+
+def config_file_path() -> Path:
+    """The config file in force: ``$STORAGEFS_CONFIG``, else ``~/.config/storagefs/config.ini``."""
+    return Path(os.environ.get(CONFIG_FILE_ENV) or CONFIG_FILE).expanduser()
+
+
+def _read_config_file(path: Path) -> dict:
     """``[storagefs]`` section of the config file: api_url, api_key, region, timeouts."""
     import configparser
 
-    path = Path(os.environ.get(CONFIG_FILE_ENV) or CONFIG_FILE).expanduser()
     if not path.is_file():
         return {}
     parser = configparser.ConfigParser()

@@ -125,15 +125,18 @@ def test_listdir_returns_dicts_and_prints_the_sdk_table(client, unique, capsys):
     put(client, {f"{unique}/big.bin": b"x" * 123_456, f"{unique}/sub/a.txt": b"a",
                  f"{unique}/empty.txt": b""})
     entries = storage.listdir(unique, order_by="size", sort_order="desc")
-    assert [e["name"] for e in entries] == ["big.bin", "empty.txt", "sub/"]
-    assert entries[0]["size"] == 123456.0 and entries[1]["size"] is None
+    # Folders carry the size and the newest time of what they hold, and sort by them.
+    assert [e["name"] for e in entries] == ["big.bin", "sub/", "empty.txt"]
+    assert entries[0]["size"] == 123456.0 and entries[2]["size"] is None
+    assert entries[1]["size"] == 1.0 and entries[1]["creation_time"] is not None
     assert set(entries[0]) == {"name", "size", "creation_time", "provider", "region"}
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[1] == " NAME        SIZE        CREATION TIME     PROVIDER     REGION"
     when = entries[0]["creation_time"].strftime("%d/%m, %H:%M:%S")
     assert lines[2] == f" big.bin     123.46 KB   {when}   LOCAL        local"
-    assert lines[4] == " sub/        n/a         n/a               LOCAL        local"
+    sub_when = entries[1]["creation_time"].strftime("%d/%m, %H:%M:%S")
+    assert lines[3] == f" sub/        1 B         {sub_when}   LOCAL        local"
     assert "Listed 3 folder(s). Ordered by size." in out
     assert "Current region(s): local" in out
     assert "You have storage in the following regions: local" in out

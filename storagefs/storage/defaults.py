@@ -7,6 +7,7 @@ process (``configure``, ``set_client``) or for a block (``using``).
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from typing import Any, Iterator
 
@@ -20,7 +21,8 @@ class _Defaults:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.client: StorageClient | None = None
-        self.progress = True
+        # None: bars only when stderr is a terminal (logs get no carriage-return frames).
+        self.progress: bool | None = None
 
 
 _defaults = _Defaults()
@@ -45,10 +47,11 @@ def configure(api_url: str | None = None, api_key: str | None = None, region: st
     """Point the module functions at an API; unset values come from the environment.
 
     ``options`` are other ``ClientConfig`` fields (timeouts, retries, transfer_workers, ...).
-    ``progress=False`` hides the progress bars.
+    ``progress=False`` hides the progress bars, ``True`` draws them even when stderr is not a
+    terminal; by default they are drawn on a terminal only.
     """
-    client = StorageClient(ClientConfig.from_env(api_url=api_url, api_key=api_key,
-                                                 region=region, **options))
+    client = StorageClient(ClientConfig.from_env(source="configure()", api_url=api_url,
+                                                 api_key=api_key, region=region, **options))
     with _defaults.lock:
         old, _defaults.client = _defaults.client, client
         if progress is not None:
@@ -74,5 +77,8 @@ def using(client: StorageClient, progress: bool | None = None) -> Iterator[Stora
 
 
 def progress_shown() -> bool:
-    """Whether transfers draw progress bars (``configure``/``using`` with ``progress``)."""
-    return _defaults.progress
+    """Whether transfers draw progress bars: as set by ``configure``/``using``, else only when
+    stderr is a terminal."""
+    if _defaults.progress is not None:
+        return _defaults.progress
+    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()

@@ -10,6 +10,7 @@ import datetime
 import os
 import re
 import sys
+import unicodedata
 from typing import Optional
 
 
@@ -49,19 +50,37 @@ def datetime_formatter(value: Optional[datetime.datetime]) -> Optional[str]:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: wide (CJK) characters take two, combining marks
+    none, ANSI colour codes none; what ``len`` gets wrong for ``数据.txt``."""
+    width = 0
+    for char in _ANSI.sub("", text):
+        if unicodedata.combining(char):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``1 folder``, ``2 folders``, ``1 entry``, ``0 entries``."""
+    return f"{count} {singular if count == 1 else plural_form or singular + 's'}"
+
+
 def table(rows: list[list[Optional[str]]], columns: list[str]) -> str:
     """The SDK's table: bold upper-case headers, columns three spaces apart, 'n/a' for None.
 
     Column widths are those of ``tabulate`` as the SDK calls it: the widest cell, or the
-    header plus two; lines carry no trailing spaces and are indented by one space.
+    header plus two; lines carry no trailing spaces and are indented by one space. Widths are
+    measured in terminal columns, so that wide (CJK) names keep the columns aligned.
     """
     bold = _ansi_enabled()
     headers = [f"\033[1m{c.upper()}\033[0m" if bold else c.upper() for c in columns]
     cells = [["n/a" if v is None else str(v) for v in row] for row in rows]
-    widths = [max([len(c) + 2] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    widths = [max([len(c) + 2] + [display_width(r[i]) for r in cells])
+              for i, c in enumerate(columns)]
 
     def line(values: list[str]) -> str:
-        padded = [v + " " * (w - len(_ANSI.sub("", v))) for v, w in zip(values, widths)]
+        padded = [v + " " * (w - display_width(v)) for v, w in zip(values, widths)]
         return " " + "   ".join(padded).rstrip()
 
     rendered = "\n".join([line(headers)] + [line(r) for r in cells])

@@ -25,13 +25,22 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "mount", help="mount the storage as a local folder (ZIP archives as folders)",
         description="Mount the remote storage read-only at MOUNTPOINT. Every *.zip shows as a "
-                    "folder of its members, read on demand with ranged requests.")
+                    "folder of its members, read on demand with ranged requests.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+examples:
+  storagefs mount ~/storage               # in the background; 'storagefs umount' ends it
+  storagefs mount -f ~/storage --cache-dir ~/.cache/storagefs    # foreground, disk cache
+  cat ~/storage/TASK/output.zip/stdout.txt   # a member, read without the whole archive""")
     add_mount_arguments(p)
     p.set_defaults(run=run_mount_command)
 
     u = subparsers.add_parser("umount", help="unmount a storagefs mount",
-                              description="Unmount MOUNTPOINT (also a stale one).")
-    u.add_argument("mountpoint", type=Path)
+                              description="Unmount MOUNTPOINT (also a stale one).",
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+examples:
+  storagefs umount ~/storage
+  storagefs umount -z ~/storage    # a process still has a file open there""")
+    u.add_argument("mountpoint", type=Path, help="the folder a storagefs mount is on")
     u.add_argument("-z", "--lazy", action="store_true",
                    help="detach now even if busy; finish when the last user closes it")
     u.set_defaults(run=run_umount_command)
@@ -40,8 +49,10 @@ def add_commands(subparsers) -> None:
 def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``storagefs mount``, which ``configs_from_args`` reads."""
     p.add_argument("mountpoint", type=Path, help="an existing, empty folder")
-    p.add_argument("--api-url", help=f"storage API (default: ${API_URL_ENV} or the config file)")
-    p.add_argument("--api-key", help=f"API key (default: ${API_KEY_ENV}, the config file or "
+    p.add_argument("--api-url", metavar="URL",
+                   help=f"storage API (default: ${API_URL_ENV} or the config file)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help=f"API key (default: ${API_KEY_ENV}, the config file or "
                    "~/.inductiva/api_key)")
     p.add_argument("--region", help="storage region (default: the account's)")
     p.add_argument("-f", "--foreground", action="store_true",
