@@ -233,7 +233,7 @@ class FaultProxy:
         self._closing.wait(seconds)
 
     def handle(self, h: "_Handler") -> None:
-        body = _read_body(h)
+        body = read_body(h)
         rule = self._match(h.command, urlsplit(h.path).path)
         h.action.rule = rule
         if rule is not None and rule.kind == "status":
@@ -368,7 +368,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def _read_body(h: BaseHTTPRequestHandler) -> bytes:
+def read_body(h: BaseHTTPRequestHandler) -> bytes:
+    """A request's body, chunked or by Content-Length."""
     if "chunked" in (h.headers.get("Transfer-Encoding") or "").lower():
         out = bytearray()
         while True:
