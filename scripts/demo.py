@@ -105,7 +105,8 @@ def _write_zip(path: Path, files: dict[str, bytes], streamed: bool) -> None:
 
 
 def build_storage() -> None:
-    if (STORAGE / ".demo-complete").exists():
+    built = DEMO / "storage-complete"  # beside the storage, not in it: users would see it
+    if built.exists():
         return
     print("demo: writing sample task outputs to .demo/storage ...", flush=True)
     shutil.rmtree(STORAGE, ignore_errors=True)
@@ -120,7 +121,7 @@ def build_storage() -> None:
     (STORAGE / "datasets" / "geometry" / "hull.stl").write_bytes(
         b"solid hull\n" + b"facet normal 0 0 1\n outer loop\n  vertex 0 0 0\n endloop\nendfacet\n"
         * 20000 + b"endsolid hull\n")
-    (STORAGE / ".demo-complete").write_text("")
+    built.write_text("")
 
 
 # -- processes -------------------------------------------------------------------------------
