@@ -41,6 +41,7 @@ from .vfs import VFS, Entry
 log = logging.getLogger(__name__)
 
 BLOCK = 4096  # f_bsize / f_frsize reported to df
+ROOM, ROOM_FILES = 1 << 50, 1 << 30  # free space and files df shows: see ``statfs``
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -203,11 +204,18 @@ class StorageOperations(_OperationsBase):
         return 0
 
     def statfs(self, path: str) -> Stat:
-        used = self.vfs.space_used()
-        blocks = -(-used // BLOCK)
+        """``df``: the storage used, out of a size that does not claim the drive is full.
+
+        The API says how much is stored but knows no quota, so the size is what is used plus
+        ``ROOM`` (1 PiB free, as rclone shows for remotes without one): ``df`` shows the used
+        figure truthfully, and its "Use%" stays near 0 instead of reading 100% full. Files
+        likewise: the inodes given out so far, plus ``ROOM_FILES`` free."""
+        used = -(-self.vfs.space_used() // BLOCK)
+        free = ROOM // BLOCK
         files = len(self.vfs.inodes)
-        return dict(f_bsize=BLOCK, f_frsize=BLOCK, f_blocks=blocks, f_bfree=0, f_bavail=0,
-                    f_files=files, f_ffree=0, f_favail=0, f_namemax=255)
+        return dict(f_bsize=BLOCK, f_frsize=BLOCK, f_blocks=used + free, f_bfree=free,
+                    f_bavail=free, f_files=files + ROOM_FILES, f_ffree=ROOM_FILES,
+                    f_favail=ROOM_FILES, f_namemax=255)
 
     def _stat(self, entry: Entry) -> Stat:
         mtime_ns = int((entry.mtime or 0) * 1e9)
