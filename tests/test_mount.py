@@ -488,7 +488,7 @@ def test_mount_refusals_are_one_line(server, served, mnt, tmp_path):
     cases = {
         "already a mount point": [str(mnt)],
         "does not exist": [str(tmp_path / "missing")],
-        "API key was refused": [str(empty), "--api-key", "wrong-key"],
+        "API key from --api-key was refused": [str(empty), "--api-key", "wrong-key"],
         "cannot reach": [str(empty), "--api-url", "http://127.0.0.1:9"],
     }
     for needle, args in cases.items():
