@@ -309,7 +309,6 @@ class _FUSE(FUSE):
                 setattr(st, key, value)
         return 0
 
-
     def opendir(self, path: bytes, fip) -> int:
         """fusepy's, but the open's flags reach ``open_folder``."""
         fip.contents.fh = self.operations("open_folder", path.decode(self.encoding),

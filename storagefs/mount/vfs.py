@@ -12,8 +12,9 @@ What the tree shows:
   for ``negative_ttl`` only: looking it up later asks for the folder again (once per
   ``negative_ttl`` at most), so a file that was just written appears when asked for by name.
 - A file whose name ends in ``.zip`` (any case) is a folder with the archive's members, unless
-  ``zip_as="file"`` or the server cannot read it as an archive (see "Archives that are not"). Its tree comes from one recursive ``zip-contents`` call, kept per archive
-  version (path, size, creation time): here, the one cache of archives (the backend keeps no
+  ``zip_as="file"`` or the server cannot read it as an archive (see "Archives that are
+  not"). Its tree comes from one recursive ``zip-contents`` call, kept per archive version
+  (path, size, creation time): here, the one cache of archives (the backend keeps no
   listings), so a replaced archive gets a new tree and an unchanged one keeps its tree, and
   its entries, across TTL expiries. Folders implied by deeper names exist even without an
   entry of their own.

@@ -25,7 +25,8 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "mount", help="mount the storage as a local folder (ZIP archives as folders)",
         description="Mount the remote storage read-only at MOUNTPOINT. Every *.zip shows as a "
-                    "folder of its members, read on demand with ranged requests.",
+                    "folder of its members, read on demand with ranged requests (one that "
+                    "cannot be read as an archive: as the plain file it is, once listed).",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
 examples:
   storagefs mount ~/storage               # in the background; 'storagefs umount' ends it
@@ -64,13 +65,15 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path,
                    help="keep fetched ranges in this folder, for this and later mounts")
     p.add_argument("--cache-dir-size", type=_size, default=MountConfig.cache_dir_size,
-                   metavar="SIZE", help="at most this much in --cache-dir, 16M or more (default: 4G)")
+                   metavar="SIZE",
+                   help="at most this much in --cache-dir, 16M or more (default: 4G)")
     p.add_argument("--metadata-ttl", type=float, default=MountConfig.metadata_ttl,
                    metavar="SECONDS", help="how long listings are trusted (default: %(default)s)")
     p.add_argument("--zip-as", choices=ZIP_AS, default="dir",
                    help="show *.zip as a folder of members (dir, default) or as the raw file")
     p.add_argument("--log-file", type=Path, help="write the log here (default: stderr in the "
-                   "foreground, syslog in the background)")
+                   "foreground; in the background syslog, or where there is none "
+                   "$XDG_STATE_HOME/storagefs/mount-NAME.log, ~/.local/state by default)")
     p.add_argument("--debug", dest="mount_debug", action="store_true",
                    help="log every HTTP request and failed operation")
     # argparse takes "-5M" for an unknown option ("expected one argument"); told that it is
