@@ -78,7 +78,7 @@ def test_operations_stat_and_listing(ops):
     assert operations("read", "/f/x.zip/a/b.txt", 100, 0, handle) == b"hello\n"
     operations("release", "/f/x.zip/a/b.txt", handle)
     fs = operations("statfs", "/")
-    assert fs["f_bavail"] == 0 and fs["f_blocks"] >= 1
+    assert fs["f_blocks"] - fs["f_bfree"] >= 1 and fs["f_bavail"] > 0  # used, and not full
 
 
 def test_lean_getattr_fills_the_stat_as_fusepy_would(ops):
@@ -266,6 +266,7 @@ def served(server, tmp_path_factory) -> Served:
     (bad / "corrupt.zip").write_bytes(bytes(raw))
     write_raw_zip(bad / "method99.zip", [RawEntry(b"aes.bin", b"\x01" * 64, method=99, size=64)])
     (bad / "not-a-zip.zip").write_bytes(b"this is not an archive\n" * 10)
+    (bad / "cut.zip").write_bytes(raw[: len(raw) - 30])  # the central directory cut short
     write_raw_zip(bad / "hostile.zip", [RawEntry(b"../../escape.txt", b"out"),
                                         RawEntry(b"/abs/root.txt", b"abs"),
                                         RawEntry(b"ok/fine.txt", b"fine")])
@@ -437,15 +438,37 @@ def test_corrupt_or_unsupported_member_is_eio(mnt):
         with pytest.raises(OSError) as info:
             path.read_bytes()
         assert info.value.errno == errno.EIO, path
-    not_zip = bad / "not-a-zip.zip"
-    assert not_zip.is_dir()  # stat needs no listing
-    with pytest.raises(OSError) as info:
-        os.listdir(not_zip)
-    assert info.value.errno == errno.EIO
     log = Path(str(mnt.parent / "mount.log")).read_text()
     assert "corrupt.zip/data.txt" in log and "CRC-32" in log
     assert "aes.bin" in log and "method 99" in log
-    assert "not-a-zip.zip: cannot list the archive" in log
+
+
+def test_a_zip_that_is_no_archive_is_the_file_it_is(server, mnt, tmp_path):
+    """Shown as a folder until listed (stat asks nothing), then as the plain file it is."""
+    bad, stored = mnt / ROOT / "bad", server.root / ROOT / "bad"
+    not_zip = bad / "not-a-zip.zip"
+    assert not_zip.is_dir()  # stat needs no listing
+    for walk in (["find", str(bad)], ["du", "-s", str(bad)], ["ls", "-lR", str(bad)]):
+        result = subprocess.run(walk, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, (walk, result.stderr)
+    want = (stored / "not-a-zip.zip").read_bytes()
+    cat = subprocess.run(["cat", str(not_zip)], capture_output=True, timeout=60)
+    assert cat.returncode == 0 and cat.stdout == want, cat.stderr
+    assert not_zip.is_file() and not_zip.stat().st_size == len(want)
+    cut = bad / "cut.zip"  # first seen by a read: no listing before
+    shutil.copyfile(cut, tmp_path / "cut.zip")
+    assert (tmp_path / "cut.zip").read_bytes() == (stored / "cut.zip").read_bytes()
+    with open(cut, "rb") as f:
+        f.seek(100)
+        assert f.read(50) == (stored / "cut.zip").read_bytes()[100:150]
+    assert cut.is_file() and not_zip.is_file()
+    for walk in (["find", str(bad)], ["du", "-s", str(bad)]):
+        result = subprocess.run(walk, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, (walk, result.stderr)
+    log = Path(str(mnt.parent / "mount.log")).read_text().splitlines()
+    for name in ("not-a-zip.zip", "cut.zip"):
+        lines = [line for line in log if f"{name}: not readable as a ZIP archive" in line]
+        assert len(lines) == 1, log
 
 
 def test_many_readers_at_once(served, read_mnt):
@@ -476,8 +499,10 @@ def test_many_readers_at_once(served, read_mnt):
 def test_df_reports_the_storage(server, mnt):
     used = server.get("/storage/size").json()
     st = os.statvfs(mnt)
-    assert st.f_blocks * st.f_frsize >= used > 0
-    assert st.f_bavail == 0
+    assert 0 < used <= (st.f_blocks - st.f_bfree) * st.f_frsize < used + st.f_frsize
+    assert st.f_bavail > 0  # not shown as full
+    df = subprocess.run(["df", "-P", str(mnt)], capture_output=True, text=True, timeout=30)
+    assert df.returncode == 0 and df.stdout.split()[-2] in ("0%", "1%"), df.stdout
 
 
 def test_mount_refusals_are_one_line(server, served, mnt, tmp_path):
@@ -486,7 +511,7 @@ def test_mount_refusals_are_one_line(server, served, mnt, tmp_path):
     cases = {
         "already a mount point": [str(mnt)],
         "does not exist": [str(tmp_path / "missing")],
-        "API key was refused": [str(empty), "--api-key", "wrong-key"],
+        "API key from --api-key was refused": [str(empty), "--api-key", "wrong-key"],
         "cannot reach": [str(empty), "--api-url", "http://127.0.0.1:9"],
     }
     for needle, args in cases.items():

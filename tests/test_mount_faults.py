@@ -348,7 +348,7 @@ def test_server_killed_mid_read_and_restarted(setup, tmp_path, figures):
     path = None
     try:
         with mounted(server.url, server.api_key, mountpoint, log, setup["config"],
-                     "--metadata-ttl", "1", "--cache-size", "2M"):
+                     "--metadata-ttl", "1", "--cache-size", "16M"):  # the least accepted
             path = mountpoint / "killed" / "task" / "output.zip" / "out" / "big.dat"
             assert read(mountpoint / "killed" / "plain" / "small.txt") == \
                 files["killed/plain/small.txt"]

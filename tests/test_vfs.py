@@ -384,3 +384,34 @@ def test_space_used_unknown_is_zero(storage_files, monkeypatch):
 
     monkeypatch.setattr(storage, "space_used", unavailable)
     assert vfs.space_used() == 0  # df answers; the mount's log says why
+
+
+def test_a_zip_that_is_no_archive_becomes_the_file_it_is(storage_files, caplog):
+    """Shown as a folder until its listing is asked for (stat stays free), then as a file."""
+    data = b"this is not an archive\n" * 10
+    vfs, storage = make_vfs({**storage_files, "task3/broken.zip": data})
+    real = storage.zip_listing
+
+    def refuse(path: str, version=None):
+        if path == "task3/broken.zip":
+            storage.calls.append(("zip", path))
+            raise InvalidRequest("not a ZIP archive: no end of central directory record")
+        return real(path, version)
+
+    storage.zip_listing = refuse  # type: ignore[method-assign]
+    assert vfs.lookup("/task3/broken.zip").kind == ARCHIVE
+    assert storage.count("zip") == 0  # stat asked nothing
+    with caplog.at_level("WARNING", logger="storagefs.mount.vfs"):
+        entry = vfs.directory("/task3/broken.zip")
+        assert entry.kind == FILE and entry.size == len(data)
+        with pytest.raises(NotADirectory):
+            vfs.list("/task3/broken.zip")
+        with pytest.raises(NotADirectory):
+            vfs.lookup("/task3/broken.zip/member.txt")
+    lines = [r.getMessage() for r in caplog.records if "broken.zip" in r.getMessage()]
+    assert len(lines) == 1 and "end of central directory" in lines[0], lines
+    assert vfs.lookup("/task3/broken.zip").kind == FILE
+    assert [e.kind for e in vfs.list("/task3")] == [FILE]
+    assert read_whole(vfs, "/task3/broken.zip") == data
+    assert storage.count("zip") == 1  # asked once per archive version
+    assert vfs.directory("/task1/output.zip").kind == ARCHIVE

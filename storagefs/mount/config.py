@@ -7,13 +7,25 @@ the API (URL, key, region) is ``config.ClientConfig``'s business.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 ZIP_AS = ("dir", "file")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+_SIZE = re.compile(r"^\s*(-?)(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# What looks like a negative size on a command line: argparse is told it is a value, not an
+# option (``--cache-size -5M`` is then refused for being negative, not for a missing value).
+NEGATIVE_SIZE = re.compile(r"^-\d+(?:\.\d+)?[kmgt]?i?b?$", re.I)
+
+# The smallest memory budget the read engine works in: a decode job reserves 4 MiB
+# (``tuning.job_memory``), which must fit in the three quarters of the block cache that
+# reservations may take, and blocks are 1 MiB each, a reader keeping two of them besides the
+# cache. Below this, every read would decode its block again.
+MIN_CACHE_SIZE = 16 << 20
+# The smallest disk cache worth having: sixteen of its 1 MiB granules.
+MIN_CACHE_DIR_SIZE = 16 << 20
 
 
 def parse_size(text: str) -> int:
@@ -21,8 +33,40 @@ def parse_size(text: str) -> int:
     found = _SIZE.match(str(text))
     if not found:
         raise ValueError(f"not a size: {text!r} (examples: 4096, 512M, 2G)")
-    number, unit = float(found.group(1)), found.group(2).lower()
+    if found.group(1):
+        raise ValueError(f"a size cannot be negative: {text!r} (examples: 64M, 2G)")
+    number, unit = float(found.group(2)), found.group(3).lower()
     return int(number * _UNITS[unit])
+
+
+def format_size(size: int) -> str:
+    """Bytes as ``parse_size`` reads them back, in the largest unit that keeps a short
+    figure: 16M, 1.5G, 15.6G."""
+    for unit in "TGMK":
+        scale = _UNITS[unit.lower()]
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + unit
+    return str(size)
+
+
+def memory_size() -> int:
+    """This machine's memory: no cache of decoded data can usefully be larger."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 1 << 40
+
+
+def check_size(option: str, size: int, least: int, most: int | None = None) -> None:
+    """Raises ``ValueError`` naming the option and the accepted range."""
+    accepted = f"{format_size(least)} to {format_size(most)}" if most else \
+        f"{format_size(least)} or more"
+    if size < least:
+        raise ValueError(f"{option} {format_size(size)} is too small: it must be at least "
+                         f"{format_size(least)} (accepted: {accepted})")
+    if most is not None and size > most:
+        raise ValueError(f"{option} {format_size(size)} is more than this machine's memory "
+                         f"(accepted: {accepted})")
 
 
 @dataclass(frozen=True)
@@ -59,8 +103,8 @@ class MountConfig:
             raise ValueError(f"--zip-as must be one of {', '.join(ZIP_AS)}")
         if self.metadata_ttl < 0 or self.negative_ttl < 0:
             raise ValueError("TTLs must be >= 0")
-        if self.cache_size < 0 or self.cache_dir_size < 0:
-            raise ValueError("--cache-size and --cache-dir-size must be >= 0")
+        check_size("--cache-size", self.cache_size, MIN_CACHE_SIZE, memory_size())
+        check_size("--cache-dir-size", self.cache_dir_size, MIN_CACHE_DIR_SIZE)
 
     @property
     def window_bytes(self) -> int:

@@ -41,6 +41,8 @@ from .vfs import VFS, Entry
 log = logging.getLogger(__name__)
 
 BLOCK = 4096  # f_bsize / f_frsize reported to df
+ROOM, ROOM_FILES = 1 << 50, 1 << 30  # free space and files df shows: see ``statfs``
+_EMPTY_FOLDER = 1  # opendir's handle for a folder that turned out to be a file
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -195,19 +197,49 @@ class StorageOperations(_OperationsBase):
         return self._stat(self.vfs.lookup(path))
 
     def readdir(self, path: str, fh: int) -> list[str]:
+        if fh == _EMPTY_FOLDER:
+            return [".", ".."]
         return [".", ".."] + [entry.name for entry in self.vfs.list(path)]
 
     def opendir(self, path: str) -> int:
-        if not self.vfs.lookup(path).is_dir:
-            raise FuseOSError(errno.ENOTDIR)
-        return 0
+        return self.open_folder(path, os.O_DIRECTORY)
+
+    def open_folder(self, path: str, flags: int) -> int:
+        """``opendir`` with the open's flags (``_FUSE.opendir`` passes them).
+
+        The kernel opens what it still believes is a folder: normally one, but a ``*.zip``
+        shown as a folder until its listing was asked for and failed is a file from then on
+        (see ``vfs``), while the kernel keeps the folder for its entry timeout. libfuse 2
+        cannot invalidate that entry from here (its node ids are not ours), so:
+
+        - an open for reading bytes (``cat``, ``cp``: no ``O_DIRECTORY``) gets ESTALE, on
+          which the kernel walks the path again asking anew (LOOKUP_REVAL), finds a file
+          and opens that: the bytes are read the first time;
+        - an open of the folder as a folder (``ls``, ``find``, ``du``: ``O_DIRECTORY``)
+          gets an empty listing rather than an error, so walks finish with status 0; once
+          the kernel's entry expires (``--metadata-ttl``) or a read looked it up again, the
+          path is the plain file everywhere.
+        """
+        entry = self.vfs.directory(path)
+        if entry.is_dir:
+            return 0
+        if flags & os.O_DIRECTORY:
+            return _EMPTY_FOLDER
+        raise FuseOSError(errno.ESTALE)
 
     def statfs(self, path: str) -> Stat:
-        used = self.vfs.space_used()
-        blocks = -(-used // BLOCK)
+        """``df``: the storage used, out of a size that does not claim the drive is full.
+
+        The API says how much is stored but knows no quota, so the size is what is used plus
+        ``ROOM`` (1 PiB free, as rclone shows for remotes without one): ``df`` shows the used
+        figure truthfully, and its "Use%" stays near 0 instead of reading 100% full. Files
+        likewise: the inodes given out so far, plus ``ROOM_FILES`` free."""
+        used = -(-self.vfs.space_used() // BLOCK)
+        free = ROOM // BLOCK
         files = len(self.vfs.inodes)
-        return dict(f_bsize=BLOCK, f_frsize=BLOCK, f_blocks=blocks, f_bfree=0, f_bavail=0,
-                    f_files=files, f_ffree=0, f_favail=0, f_namemax=255)
+        return dict(f_bsize=BLOCK, f_frsize=BLOCK, f_blocks=used + free, f_bfree=free,
+                    f_bavail=free, f_files=files + ROOM_FILES, f_ffree=ROOM_FILES,
+                    f_favail=ROOM_FILES, f_namemax=255)
 
     def _stat(self, entry: Entry) -> Stat:
         mtime_ns = int((entry.mtime or 0) * 1e9)
@@ -275,6 +307,12 @@ class _FUSE(FUSE):
                 spec.tv_sec, spec.tv_nsec = divmod(value, 1_000_000_000)
             else:
                 setattr(st, key, value)
+        return 0
+
+    def opendir(self, path: bytes, fip) -> int:
+        """fusepy's, but the open's flags reach ``open_folder``."""
+        fip.contents.fh = self.operations("open_folder", path.decode(self.encoding),
+                                          fip.contents.flags)
         return 0
 
 

@@ -12,8 +12,9 @@ What the tree shows:
   for ``negative_ttl`` only: looking it up later asks for the folder again (once per
   ``negative_ttl`` at most), so a file that was just written appears when asked for by name.
 - A file whose name ends in ``.zip`` (any case) is a folder with the archive's members, unless
-  ``zip_as="file"``. Its tree comes from one recursive ``zip-contents`` call, kept per archive
-  version (path, size, creation time): here, the one cache of archives (the backend keeps no
+  ``zip_as="file"`` or the server cannot read it as an archive (see "Archives that are
+  not"). Its tree comes from one recursive ``zip-contents`` call, kept per archive version
+  (path, size, creation time): here, the one cache of archives (the backend keeps no
   listings), so a replaced archive gets a new tree and an unchanged one keeps its tree, and
   its entries, across TTL expiries. Folders implied by deeper names exist even without an
   entry of their own.
@@ -23,6 +24,14 @@ What the tree shows:
   ``../../x`` show as ``abs/x`` and ``x``; a NUL ends a name. Where a file and a folder claim
   one name the folder wins; where two entries claim one name the later one wins, as with
   ``unzip``. Both are logged.
+- Archives that are not: a ``*.zip`` is shown as a folder without asking the server
+  (``stat`` and ``ls -l`` of a folder of archives cost no archive listing). When its listing
+  is first needed (``directory``, ``list``, a path inside it) and ``zip-contents`` refuses it
+  (not a ZIP, a damaged central directory, more members than the server lists), that
+  version of the object is the plain file it is from then on, readable byte for byte, and
+  one warning says why. The kernel may still hold the folder in its entry cache (for
+  ``--metadata-ttl``): ``fuseops`` answers the open of that stale folder so that the kernel
+  looks the name up again (see ``StorageOperations.open_folder``).
 - Inode numbers are given on first sight of a path and kept while mounted.
 - Sizes are what a read returns. ``stored`` is what the entry costs in storage (the member's
   compressed size), which is what ``du`` counts; ``du --apparent-size`` counts ``size``.
@@ -53,6 +62,10 @@ from .read import DiskCache, FileReader, MemberReader, RangeReader, ReadContext
 log = logging.getLogger(__name__)
 
 FOLDER, FILE, ARCHIVE, MEMBER_DIR, MEMBER = "folder", "file", "archive", "member-dir", "member"
+
+
+class NotAnArchive(NotADirectory):
+    """A ``*.zip`` the server cannot read as an archive: a file, so not a folder."""
 
 
 class Member(NamedTuple):
@@ -224,6 +237,8 @@ class VFS:
         # member costs no request.
         self._starts: LRUCache[tuple, MemberStart] = LRUCache(maxsize=1 << 16)
         self._starts_lock = threading.Lock()
+        # (object path, version) -> why the server could not list it: shown as a file.
+        self._not_archives: dict[tuple[str, Hashable], str] = {}
 
     # -- the contract ------------------------------------------------------------------------
 
@@ -235,6 +250,17 @@ class VFS:
         if not entry.is_dir:
             raise NotADirectory(f"not a folder: {entry.path}")
         return list(self._children(entry, archive))
+
+    def directory(self, path: str) -> Entry:
+        """The entry at ``path``, once it is known whether it can be listed: an archive is
+        listed here, and one that cannot be read as an archive comes back as a file."""
+        entry, _ = self._resolve(path)
+        if entry.kind == ARCHIVE:
+            try:
+                self._tree(entry)
+            except NotAnArchive:
+                return self.lookup(path)
+        return entry
 
     def open(self, path: str) -> FileReader:
         """A reader (``read(offset, length)``, ``close()``) for a file or member."""
@@ -381,25 +407,49 @@ class VFS:
             return Entry(path, FOLDER, 0, 0, mtime, self.inodes(path), object_path)
         size = item.size_bytes or 0
         version = (size, mtime)
-        if self.zip_as_dir and name.lower().endswith(".zip"):
+        if (self.zip_as_dir and name.lower().endswith(".zip")
+                and (object_path, version) not in self._not_archives):
             return Entry(path, ARCHIVE, 0, 0, mtime, self.inodes(path), object_path, version)
         return Entry(path, FILE, size, size, mtime, self.inodes(path), object_path, version)
 
     # -- archives ------------------------------------------------------------------------------
 
     def _tree(self, entry: Entry) -> ArchiveTree:
-        """The archive's tree, built once per archive version."""
+        """The archive's tree, built once per archive version; ``NotAnArchive`` if the server
+        cannot read it as one (see the module notes)."""
+        key = (entry.object_path, entry.version)
 
         def build() -> ArchiveTree:
+            self._check_archive(entry, key)  # (another thread may have been refused)
             try:
                 listing = self.backend.zip_listing(entry.object_path, entry.version)
-            except (InvalidRequest, TooLarge) as exc:  # the server could not read the archive
-                raise CorruptArchive(f"{entry.path}: cannot list the archive: {exc} "
-                                     "(--zip-as file shows it as a file)") from None
+            except (InvalidRequest, TooLarge, CorruptArchive) as exc:
+                self._not_an_archive(entry, key, str(exc))
+                raise self._refusal(entry, key) from None
             with gc_paused():  # 1e5 members: see storagefs.gcpause
                 return ArchiveTree(listing, "/" + entry.object_path)
 
-        return self._trees.get((entry.object_path, entry.version), build)
+        self._check_archive(entry, key)
+        return self._trees.get(key, build)
+
+    def _check_archive(self, entry: Entry, key: tuple[str, Hashable]) -> None:
+        if key in self._not_archives:
+            raise self._refusal(entry, key)
+
+    def _refusal(self, entry: Entry, key: tuple[str, Hashable]) -> NotAnArchive:
+        return NotAnArchive(f"not a folder: {entry.path} is not readable as a ZIP archive "
+                            f"({self._not_archives.get(key)}), so it is shown as a file")
+
+    def _not_an_archive(self, entry: Entry, key: tuple[str, Hashable], why: str) -> None:
+        """From now on the file it is: its folder's entry is made again, as a file."""
+        with self._lock:
+            self._not_archives[key] = why
+            if len(self._not_archives) > _NOT_ARCHIVES_KEPT:
+                del self._not_archives[next(iter(self._not_archives))]
+            folder = self._folders.get(entry.object_path.rpartition("/")[0])
+            if folder is not None:
+                folder.entries.pop(entry.name, None)
+        log.warning("%s: not readable as a ZIP archive (%s); shown as a file", entry.path, why)
 
     def _member_entry(self, archive: Entry, tree: ArchiveTree, rel: str) -> Entry | None:
         """The entry of a folder or member (by cleaned path), kept in the tree; None if absent.
@@ -461,6 +511,7 @@ class VFS:
 
 
 _FOLDERS_KEPT = 1024
+_NOT_ARCHIVES_KEPT = 4096
 
 
 class _Folder:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ...config import API_KEY_ENV, API_URL_ENV, ClientConfig
 from ...errors import EXIT_USAGE
-from ..config import ZIP_AS, MountConfig, parse_size
+from ..config import NEGATIVE_SIZE, ZIP_AS, MountConfig, parse_size
 from .daemon import run
 from .umount import umount
 
@@ -25,7 +25,8 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "mount", help="mount the storage as a local folder (ZIP archives as folders)",
         description="Mount the remote storage read-only at MOUNTPOINT. Every *.zip shows as a "
-                    "folder of its members, read on demand with ranged requests.",
+                    "folder of its members, read on demand with ranged requests (one that "
+                    "cannot be read as an archive: as the plain file it is, once listed).",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
 examples:
   storagefs mount ~/storage               # in the background; 'storagefs umount' ends it
@@ -60,19 +61,25 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="FUSE options, comma-separated: allow_other, uid=N, gid=N, umask=...")
     p.add_argument("--cache-size", type=_size, default=MountConfig.cache_size, metavar="SIZE",
-                   help="memory for decoded data, e.g. 256M (default: 256M)")
+                   help="memory for decoded data, 16M up to the machine's memory (default: 256M)")
     p.add_argument("--cache-dir", type=Path,
                    help="keep fetched ranges in this folder, for this and later mounts")
     p.add_argument("--cache-dir-size", type=_size, default=MountConfig.cache_dir_size,
-                   metavar="SIZE", help="at most this much in --cache-dir (default: 4G)")
+                   metavar="SIZE",
+                   help="at most this much in --cache-dir, 16M or more (default: 4G)")
     p.add_argument("--metadata-ttl", type=float, default=MountConfig.metadata_ttl,
                    metavar="SECONDS", help="how long listings are trusted (default: %(default)s)")
     p.add_argument("--zip-as", choices=ZIP_AS, default="dir",
                    help="show *.zip as a folder of members (dir, default) or as the raw file")
     p.add_argument("--log-file", type=Path, help="write the log here (default: stderr in the "
-                   "foreground, syslog in the background)")
+                   "foreground; in the background syslog, or where there is none "
+                   "$XDG_STATE_HOME/storagefs/mount-NAME.log, ~/.local/state by default)")
     p.add_argument("--debug", dest="mount_debug", action="store_true",
                    help="log every HTTP request and failed operation")
+    # argparse takes "-5M" for an unknown option ("expected one argument"); told that it is
+    # a value, it reaches ``_size``, which says a size cannot be negative. (The attribute is
+    # argparse's own, unchanged from 3.8 to 3.13; no option of ours looks like a number.)
+    p._negative_number_matcher = NEGATIVE_SIZE
 
 
 def _size(text: str) -> int:

@@ -88,6 +88,10 @@ def check_storage(client: StorageClient) -> None:
     try:
         client.contents("/", per_page=1)
     except (AuthenticationError, PermissionDenied):
+        source = client.config.api_key_source
+        if source:  # the one place the key came from (config.ClientConfig.from_env)
+            raise MountError(f"the API key from {source} was refused by {url} (check the "
+                             "key there)") from None
         raise MountError(f"the API key was refused by {url} (check --api-key, {API_KEY_ENV} "
                          "or ~/.inductiva/api_key)") from None
     except TransferError as exc:

@@ -4,8 +4,10 @@
 - otherwise: ``supervisor`` starts the same command with ``--foreground`` in a child process
   and waits until the mount answers; the child reports through the supervisor's pipe.
 
-Logs go to ``--log-file``, else stderr (and syslog, in the background), never with the
-signatures of signed URLs.
+Logs go to ``--log-file``, else stderr in the foreground; in the background, to syslog, or
+where there is no syslog to a file in the user's state folder (the success line says which),
+never with the signatures of signed URLs. A foreground mount says when it is mounted and
+when it is unmounted, on stdout, one line each.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging.handlers
 import os
 import re
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ...config import ClientConfig
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from ...client import StorageClient
 
 log = logging.getLogger("storagefs.mount")
+SYSLOG_SOCKET = "/dev/log"
 
 
 def run(mount: MountConfig, client_config: ClientConfig,
@@ -48,7 +52,7 @@ def run(mount: MountConfig, client_config: ClientConfig,
         with make_client(probe_config) as probe:
             check_storage(probe)
         if not mount.foreground:
-            return supervise(mount, client_config)
+            return supervise(_with_log_place(mount), client_config)
         client = make_client(client_config)
     except MountError as exc:
         print(f"storagefs mount: {exc}", file=sys.stderr)
@@ -75,9 +79,12 @@ def _serve(mount: MountConfig, client: StorageClient) -> int:
 
     def ready() -> None:
         log.info("mounted %s at %s", client.config.api_url, mount.mountpoint)
-        if supervisor_fd is not None:
+        if supervisor_fd is not None:  # the supervisor says it, once the kernel agrees
             report_ready(supervisor_fd)
             _detach_output(mount)
+        else:
+            print(f"mounted {client.config.api_url} at {mount.mountpoint}; Ctrl-C or "
+                  f"'storagefs umount {mount.mountpoint}' unmounts it", flush=True)
 
     uid = int(options["uid"]) if str(options.get("uid", "")).isdigit() else None
     gid = int(options["gid"]) if str(options.get("gid", "")).isdigit() else None
@@ -91,7 +98,34 @@ def _serve(mount: MountConfig, client: StorageClient) -> int:
     finally:
         client.close()
     log.info("unmounted %s", mount.mountpoint)
+    if supervisor_fd is None:
+        print(f"unmounted {mount.mountpoint}", flush=True)
     return EXIT_OK
+
+
+def syslog_available() -> bool:
+    return os.path.exists(SYSLOG_SOCKET)
+
+
+def _with_log_place(mount: MountConfig) -> MountConfig:
+    """A background mount logs to syslog; where there is none (containers, WSL), to a file in
+    the user's state folder rather than nowhere (``state_log_file``)."""
+    if mount.log_file is not None or syslog_available():
+        return mount
+    path = state_log_file(mount.mountpoint)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MountError(f"there is no syslog and the log folder {path.parent} cannot be "
+                         f"made: {exc.strerror} (pass --log-file FILE)") from None
+    return dataclasses.replace(mount, log_file=path)
+
+
+def state_log_file(mountpoint: Path) -> Path:
+    """``$XDG_STATE_HOME/storagefs/mount-<folder>.log``, ``~/.local/state`` by default."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                             "state")
+    return Path(state, "storagefs", f"mount-{mountpoint.name or 'root'}.log")
 
 
 def _setup_logging(mount: MountConfig, background: bool) -> None:
@@ -109,9 +143,9 @@ def _setup_logging(mount: MountConfig, background: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(fmt)
     root.addHandler(handler)
-    if background and not mount.log_file and os.path.exists("/dev/log"):
+    if background and not mount.log_file and syslog_available():
         try:
-            syslog = logging.handlers.SysLogHandler(address="/dev/log")
+            syslog = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET)
             syslog.setFormatter(logging.Formatter("storagefs[%(process)d]: %(message)s"))
             syslog.setLevel(logging.WARNING)
             root.addHandler(syslog)

@@ -8,6 +8,7 @@ command line mean the same thing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -85,6 +86,8 @@ def mount_helper(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"mount.storagefs: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if key_file:  # a refused key is reported where the user wrote it
+        client = dataclasses.replace(client, api_key_source=f"api_key_file={key_file}")
     return run(mount, client)
 
 

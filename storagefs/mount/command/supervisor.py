@@ -65,6 +65,9 @@ def supervise(mount: MountConfig, client: ClientConfig) -> int:
         finally:
             os.close(read_end)
         if ok:
+            where = f"log in {mount.log_file}" if mount.log_file else "log in syslog"
+            print(f"mounted {client.api_url} at {mount.mountpoint} ({where}); "
+                  f"'storagefs umount {mount.mountpoint}' unmounts it")
             return EXIT_OK
         errors.seek(0)
         text = errors.read().decode(errors="replace")
