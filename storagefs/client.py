@@ -59,7 +59,7 @@ class _Retry(Retry):
 
     def increment(self, method: str | None = None, url: str | None = None,
                   response: Any = None, error: Exception | None = None, _pool: Any = None,
-                  _stacktrace: Any = None) -> Retry:
+                  _stacktrace: Any = None) -> "_Retry":
         # NewConnectionError: refused, name not resolved, no route (a connect that timed out
         # is a ConnectTimeoutError only, and is retried like a dropped connection).
         if isinstance(error, urllib3.exceptions.NewConnectionError):
