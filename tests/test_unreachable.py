@@ -8,8 +8,10 @@ a word on stderr. Run as a user runs the command: ``python -m storagefs`` as a s
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -18,7 +20,7 @@ from faultproxy import FaultProxy
 from serverharness import free_port
 from storagefs.client import StorageClient
 from storagefs.config import ClientConfig
-from storagefs.errors import TransferError
+from storagefs.errors import Timeout, TransferError
 
 UNRESOLVABLE = "http://storagefs-test.invalid"  # .invalid never resolves (RFC 2606)
 
@@ -75,3 +77,33 @@ def test_a_server_back_after_a_503_burst_is_waited_for(server, unique):
         result, _ = run_cli("ls", unique, url=proxy.url, key=server.api_key)
     assert result.returncode == 0 and "b.txt" in result.stdout
     assert result.stderr == ""
+
+
+def test_a_stalled_version_check_is_not_followed_by_the_call():
+    """The version check, asked first, gives up after its own timeout (and one retry); the call
+    the user made is not then sent to wait as long again."""
+    accepted: list[socket.socket] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        def accept() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                accepted.append(conn)  # never answered
+
+        threading.Thread(target=accept, daemon=True).start()
+        config = ClientConfig(api_url=url, api_key="k", read_timeout_s=0.3, backoff_factor=0.01)
+        with StorageClient(config) as client:
+            started = time.monotonic()
+            with pytest.raises(Timeout):
+                client.space_used()
+            elapsed = time.monotonic() - started
+        for conn in accepted:
+            conn.close()
+    assert len(accepted) == 2, "the check and its one retry, not the call after them"
+    assert elapsed < 1.5
