@@ -128,3 +128,10 @@ def test_the_url_is_printed_once_the_server_listens(tmp_path, port):
         assert Path(tmp_path / "root").is_dir()
     finally:
         stop(process)
+
+
+def test_a_root_whose_server_state_cannot_be_made_is_one_line(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / ".storagefs").write_text("not a folder")
+    assert_refused(serve(str(root), "--port", "0"), 1, "cannot serve", str(root))

@@ -3,9 +3,9 @@
 A value that cannot be right (a port past 65535, a TTL of 0, a public URL without a scheme) is
 a usage error, exit 2. What only the machine can answer (the folder, the key file, whether the
 port is free on that host) is checked next, in that order, each fault one line and exit 1; the
-folder is made and the port bound only when everything else holds. The listening socket is bound
-here and handed to uvicorn, so the port checked is the port served, and the URL is printed when
-uvicorn has started on it.
+folder (and the server's state in it) is made last, once the port is bound. The listening socket
+is bound here and handed to uvicorn, so the port checked is the port served, and the URL is
+printed when uvicorn has started on it.
 """
 
 from __future__ import annotations
@@ -178,26 +178,25 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"storagefs serve: {exc}", file=sys.stderr)
         return EXIT_ERROR
     with listener:
-        try:
-            args.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            print(f"storagefs serve: cannot create {args.root}: {exc.strerror or exc}",
-                  file=sys.stderr)
-            return EXIT_ERROR
         port = listener.getsockname()[1]
-        keys = tuple(args.api_keys)
-        if not keys:
-            keys = (secrets.token_urlsafe(24),)
-            print(f"storagefs serve: generated API key: {keys[0]}", flush=True)
+        keys = tuple(args.api_keys) or (secrets.token_urlsafe(24),)
         config = ServerConfig(root=args.root, host=args.host, port=port, api_keys=keys,
                               region=args.region, public_url=args.public_url,
                               signing_key=signing_key, signed_url_ttl_s=args.url_ttl,
                               allow_private_urls=args.allow_private_urls)
+        from . import prepare, run
+        try:
+            app = prepare(config)
+        except OSError as exc:
+            print(f"storagefs serve: cannot serve {args.root}: {exc.strerror or exc}"
+                  f"{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
+            return EXIT_ERROR
+        if not args.api_keys:
+            print(f"storagefs serve: generated API key: {keys[0]}", flush=True)
         url = f"http://{_url_host(args.host)}:{port}"
 
         def announce() -> None:
             print(f"storagefs serve: {args.root} on {url} (Ctrl-C stops it)", flush=True)
 
-        from . import serve
-        serve(config, listener, on_listening=announce)
+        run(app, config, listener, on_listening=announce)
     return EXIT_OK
