@@ -219,7 +219,8 @@ def _wrap_transport(exc: requests.RequestException, what: str) -> StorageError:
     text = " ".join(str(reason).split())
     text = re.sub(r"^(<[^>]*>|\w+\(host=[^)]*\)):\s*", "", text)  # drop the connection's repr
     if isinstance(exc, requests.ConnectionError) and "refused" in text.lower():
-        text = "connection refused"
+        return TransferError(f"{what}: connection refused",
+                             hint="check that the server is running and the URL's port")
     return TransferError(f"{what}: {text[:200]}")
 
 
