@@ -32,66 +32,12 @@ if _started_as_the_command() and signal.getsignal(signal.SIGINT) is signal.defau
 import argparse  # noqa: E402  (after the handler above, as everything below)
 import io  # noqa: E402
 import logging  # noqa: E402
-import re  # noqa: E402
-import secrets  # noqa: E402
 import select  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .config import (API_KEY_ENV, API_KEY_FILE, API_URL_ENV, CONFIG_FILE,  # noqa: E402
-                     CONFIG_FILE_ENV, DEFAULT_API_URL, ServerConfig)
-from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, StorageError  # noqa: E402
-
-_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")  # what the official client accepts
-
-
-def _api_key(value: str) -> str:
-    if not _KEY_PATTERN.match(value):
-        raise argparse.ArgumentTypeError("API keys may hold only letters, digits, '.', '_' and '-'")
-    return value
-
-
-def add_serve(subparsers) -> None:
-    p = subparsers.add_parser(
-        "serve", help="serve a folder as Inductiva-compatible storage",
-        description="Serve ROOT over the Inductiva storage REST protocol.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
-examples:
-  storagefs serve ./store --api-key my.key       # http://127.0.0.1:8000
-  storagefs serve /srv/data --host 0.0.0.0 --port 9000 --signing-key-file key.bin""")
-    p.add_argument("root", type=Path, help="folder to serve (created if missing)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    p.add_argument("--api-key", dest="api_keys", action="append", type=_api_key, default=[],
-                   metavar="KEY", help="accepted API key (repeatable); without one, a key is "
-                   "generated and printed")
-    p.add_argument("--region", default="local", help="region name reported (default: %(default)s)")
-    p.add_argument("--public-url", help="base URL put in signed URLs (default: the request's)")
-    p.add_argument("--signing-key-file", type=Path,
-                   help="file holding the HMAC key for signed URLs, so URLs survive a restart")
-    p.add_argument("--url-ttl", type=int, default=6 * 3600, metavar="SECONDS",
-                   help="lifetime of signed URLs (default: %(default)s)")
-    p.add_argument("--allow-private-urls", action="store_true",
-                   help="let upload-from-URL and export reach loopback and private addresses")
-    p.set_defaults(run=run_serve)
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    from .server import serve
-
-    keys = tuple(args.api_keys)
-    if not keys:
-        keys = (secrets.token_urlsafe(24),)
-        print(f"storagefs serve: generated API key: {keys[0]}", flush=True)
-    signing_key = args.signing_key_file.read_bytes().strip() if args.signing_key_file else None
-    config = ServerConfig(root=args.root, host=args.host, port=args.port, api_keys=keys,
-                          region=args.region, public_url=args.public_url, signing_key=signing_key,
-                          signed_url_ttl_s=args.url_ttl, allow_private_urls=args.allow_private_urls)
-    print(f"storagefs serve: {args.root} on http://{args.host}:{args.port}", flush=True)
-    serve(config)
-    return EXIT_OK
-
+                     CONFIG_FILE_ENV, DEFAULT_API_URL)
+from .errors import EXIT_ERROR, EXIT_USAGE, StorageError  # noqa: E402
 
 DESCRIPTION = """\
 Remote simulation storage (the Inductiva storage API) as a local drive.
@@ -160,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_global_options(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands",
                                        parser_class=VerbParser)
+    from .server.command import add_commands as add_serve  # serve
     add_serve(subparsers)
     from .mount.command.arguments import add_commands as add_mount_commands  # mount, umount
     add_mount_commands(subparsers)

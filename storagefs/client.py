@@ -6,9 +6,13 @@ strings the way the official client does (values percent-encoded with ``/`` kept
 failure into a ``StorageError`` whose text is one line. No ``requests`` exception escapes this
 module.
 
-Retries are urllib3's ``Retry`` on the session's adapters: connection failures for every
-request (the request never reached the server), and 429/5xx answers for idempotent methods.
-POSTs are retried on 429 and 503 only, the two statuses that say the work was not started.
+Retries are urllib3's ``Retry`` on the session's adapters, only for what may recover within
+seconds: 429/5xx answers for idempotent methods (POSTs on 429 and 503 only, the two statuses that
+say the work was not started), a connection dropped before the answer, a connect that timed out
+(once each). A refused connection, a name that does not resolve or a network that cannot be
+reached fails at once: asking again within seconds gets the same answer, and a user waiting on
+``storagefs ls`` wants it now. urllib3's "Retrying" warnings go to this module's debug log: the
+outcome is what the user needs, the retries only with ``--debug``.
 Signed-URL transfers share the session (and its pools) but never carry the API key.
 """
 
@@ -50,7 +54,17 @@ KEY_HINT = f"check {API_KEY_ENV}, the api_key setting or --api-key"
 
 
 class _Retry(Retry):
-    """``Retry`` that also resends POSTs answered 429/503 (the server did not start them)."""
+    """``Retry`` that also resends POSTs answered 429/503 (the server did not start them) and
+    gives up at once on a connection that could not be made (refused, unknown host, no route)."""
+
+    def increment(self, method: str | None = None, url: str | None = None,
+                  response: Any = None, error: Exception | None = None, _pool: Any = None,
+                  _stacktrace: Any = None) -> "_Retry":
+        # NewConnectionError: refused, name not resolved, no route (a connect that timed out
+        # is a ConnectTimeoutError only, and is retried like a dropped connection).
+        if isinstance(error, urllib3.exceptions.NewConnectionError):
+            raise urllib3.exceptions.MaxRetryError(_pool, url, error) from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
         if method.upper() == "POST" and status_code in _SAFE_FOR_POST:
@@ -68,13 +82,31 @@ class _Session(requests.Session):
             prepared_request.headers.pop(protocol.API_KEY_HEADER, None)
 
 
+class _RetryToDebug(logging.Filter):
+    """urllib3's "Retrying (...) after connection broken by ..." warnings, which would put a
+    line per retry before the one-line outcome, go to this module's debug log instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith("Retrying"):
+            log.debug("%s", record.getMessage())
+            return False
+        return True
+
+
+_RETRY_TO_DEBUG = _RetryToDebug()
+
+
 def make_session(config: ClientConfig) -> requests.Session:
     """A session with pooled connections and urllib3 retries with exponential backoff."""
+    urllib3_log = logging.getLogger("urllib3.connectionpool")
+    if _RETRY_TO_DEBUG not in urllib3_log.filters:
+        urllib3_log.addFilter(_RETRY_TO_DEBUG)
     retry = _Retry(
         total=config.retries,
-        connect=config.retries,
-        # A read error is a timeout (already a long wait) or a connection dropped before the
-        # answer; once more is worth it, more only multiplies the wait on a stalled server.
+        # A connect that timed out or a read error (a timeout, already a long wait, or a
+        # connection dropped before the answer): once more is worth it, more only multiplies
+        # the wait on a stalled server. A connection refused is not retried (``_Retry``).
+        connect=min(config.retries, 1),
         read=min(config.retries, 1),
         status=config.retries,
         other=0,
@@ -177,12 +209,18 @@ def _wrap_transport(exc: requests.RequestException, what: str) -> StorageError:
         return InvalidRequest(f"{what}: invalid URL ({exc})")
     if isinstance(exc, requests.exceptions.RetryError):
         return ServerError(f"{what}: gave up after retries")
+    unresolved = next((e for e in causes
+                       if isinstance(e, urllib3.exceptions.NameResolutionError)), None)
+    if unresolved is not None:
+        return TransferError(f"{what}: unknown host {unresolved.conn.host!r}",
+                             hint="check the URL's host name and the network")
     deepest = causes[-1]  # MaxRetryError -> NewConnectionError, ProtocolError -> ...
     reason = deepest.args[0] if deepest.args and isinstance(deepest.args[0], str) else deepest
     text = " ".join(str(reason).split())
     text = re.sub(r"^(<[^>]*>|\w+\(host=[^)]*\)):\s*", "", text)  # drop the connection's repr
     if isinstance(exc, requests.ConnectionError) and "refused" in text.lower():
-        text = "connection refused"
+        return TransferError(f"{what}: connection refused",
+                             hint="check that the server is running and the URL's port")
     return TransferError(f"{what}: {text[:200]}")
 
 

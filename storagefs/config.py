@@ -56,6 +56,8 @@ class ClientConfig:
     region: str | None = None
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
+    # Retries of 429/5xx answers; a timeout or a dropped connection is retried once at most,
+    # a connection refused or a host that does not resolve not at all (client.make_session).
     retries: int = 5
     backoff_factor: float = 0.3
     pool_size: int = 16

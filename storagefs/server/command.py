@@ -1,0 +1,202 @@
+"""The ``serve`` verb: every argument checked before anything starts, the URL once it listens.
+
+A value that cannot be right (a port past 65535, a TTL of 0, a public URL without a scheme) is
+a usage error, exit 2. What only the machine can answer (the folder, the key file, whether the
+port is free on that host) is checked next, in that order, each fault one line and exit 1; the
+folder (and the server's state in it) is made last, once the port is bound. The listening socket
+is bound here and handed to uvicorn, so the port checked is the port served, and the URL is
+printed when uvicorn has started on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import re
+import secrets
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..config import ServerConfig
+from ..errors import EXIT_ERROR, EXIT_OK
+
+_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")  # what the official client accepts
+MAX_PORT = 65535
+
+
+class ServeError(Exception):
+    """A reason not to start, in one line that says what to change."""
+
+
+# -- argument types (usage errors) --------------------------------------------------------------
+
+def _api_key(value: str) -> str:
+    if not _KEY_PATTERN.match(value):
+        raise argparse.ArgumentTypeError("API keys may hold only letters, digits, '.', '_' and '-'")
+    return value
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or int(value) > MAX_PORT:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number from 0 to {MAX_PORT} (0: any free port), got {value!r}")
+    return int(value)
+
+
+def _seconds(value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds above 0, "
+                                         f"got {value!r}")
+    return int(value)
+
+
+def _public_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(
+            f"expected an http:// or https:// URL such as http://{value}, got {value!r}")
+    return value.rstrip("/")
+
+
+def add_commands(subparsers) -> None:
+    """Registers ``serve``."""
+    p = subparsers.add_parser(
+        "serve", help="serve a folder as Inductiva-compatible storage",
+        description="Serve ROOT over the Inductiva storage REST protocol. The URL is printed "
+                    "once the server listens; Ctrl-C stops it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+examples:
+  storagefs serve ./store --api-key my.key       # http://127.0.0.1:8000
+  storagefs serve ./store --port 0               # any free port, printed at start
+  storagefs serve /srv/data --host 0.0.0.0 --port 9000 --signing-key-file key.bin""")
+    p.add_argument("root", type=Path, help="folder to serve (created if missing)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=_port, default=8000,
+                   help="port, 0 for any free one (default: %(default)s)")
+    p.add_argument("--api-key", dest="api_keys", action="append", type=_api_key, default=[],
+                   metavar="KEY", help="accepted API key (repeatable); without one, a key is "
+                   "generated and printed")
+    p.add_argument("--region", default="local", help="region name reported (default: %(default)s)")
+    p.add_argument("--public-url", type=_public_url, metavar="URL",
+                   help="base URL put in signed URLs (default: the request's)")
+    p.add_argument("--signing-key-file", type=Path, metavar="FILE",
+                   help="file holding the HMAC key for signed URLs, so URLs survive a restart")
+    p.add_argument("--url-ttl", type=_seconds, default=6 * 3600, metavar="SECONDS",
+                   help="lifetime of signed URLs (default: %(default)s)")
+    p.add_argument("--allow-private-urls", action="store_true",
+                   help="let upload-from-URL and export reach loopback and private addresses")
+    p.set_defaults(run=run_serve)
+
+
+# -- checks against the machine (exit 1) --------------------------------------------------------
+
+def check_root(root: Path) -> None:
+    """ROOT is a folder this process may write in, or one it can make."""
+    if root.exists():
+        if not root.is_dir():
+            raise ServeError(f"{root} is not a folder: name a folder to serve (it is made if "
+                             "missing)")
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise ServeError(f"cannot write in {root}: uploads go there; serve a folder you "
+                             "can write in")
+        return
+    existing = root.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a folder" if not existing.is_dir() else "cannot be written in"
+        raise ServeError(f"cannot create {root}: {existing} {why}")
+
+
+def read_signing_key(path: Path | None) -> bytes | None:
+    """The key in ``--signing-key-file``, stripped; a missing, unreadable or empty file is an
+    error, not a silent random key (URLs would stop working at the next restart)."""
+    if path is None:
+        return None
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ServeError(f"cannot read --signing-key-file {path}: "
+                         f"{exc.strerror or exc}") from None
+    if not key:
+        raise ServeError(f"--signing-key-file {path} is empty: put a random key in it, e.g. "
+                         f"head -c 32 /dev/urandom | base64 > {path}")
+    return key
+
+
+def require_server_extras() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise ServeError(f"serving needs {exc.name}: pip install 'storagefs[server]'") from None
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, as uvicorn would bind it (SO_REUSEADDR, so a restart
+    finds the port free at once); every refusal is one line that names the option to change."""
+    where = f"{_url_host(host)}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ServeError(f"cannot listen on {host}: {exc.strerror}; check --host") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        reasons = {
+            errno.EADDRINUSE: "the port is in use; choose another --port (0: any free one)",
+            errno.EACCES: "permission denied; ports below 1024 need privileges, choose "
+                          "another --port",
+            errno.EADDRNOTAVAIL: f"{host} is not an address of this machine; check --host",
+        }
+        raise ServeError(f"cannot listen on {where}: "
+                         f"{reasons.get(exc.errno or 0, exc.strerror or str(exc))}") from None
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# -- the verb -----------------------------------------------------------------------------------
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        check_root(args.root)
+        signing_key = read_signing_key(args.signing_key_file)
+        require_server_extras()
+        listener = listen(args.host, args.port)
+    except ServeError as exc:
+        print(f"storagefs serve: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    with listener:
+        port = listener.getsockname()[1]
+        keys = tuple(args.api_keys) or (secrets.token_urlsafe(24),)
+        config = ServerConfig(root=args.root, host=args.host, port=port, api_keys=keys,
+                              region=args.region, public_url=args.public_url,
+                              signing_key=signing_key, signed_url_ttl_s=args.url_ttl,
+                              allow_private_urls=args.allow_private_urls)
+        from . import prepare, run
+        try:
+            app = prepare(config)
+        except OSError as exc:
+            print(f"storagefs serve: cannot serve {args.root}: {exc.strerror or exc}"
+                  f"{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
+            return EXIT_ERROR
+        if not args.api_keys:
+            print(f"storagefs serve: generated API key: {keys[0]}", flush=True)
+        url = f"http://{_url_host(args.host)}:{port}"
+
+        def announce() -> None:
+            print(f"storagefs serve: {args.root} on {url} (Ctrl-C stops it)", flush=True)
+
+        run(app, config, listener, on_listening=announce)
+    return EXIT_OK
