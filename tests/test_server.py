@@ -144,6 +144,13 @@ def test_recursive_listing_gives_folder_totals(server, tree):
     assert sub["size_bytes"] == 12 and sub["creation_time"] is not None
 
 
+def test_an_empty_folder_has_its_own_time_in_recursive_listings(server, unique):
+    (server.root / unique / "empty").mkdir(parents=True)
+    r = server.get("/storage/contents", params={"path": unique, "recursive": "true"})
+    [empty] = r.json()["contents"]
+    assert empty["name"] == "empty/" and empty["creation_time"] is not None
+
+
 def test_listing_sorts_by_size_and_pages(server, tree):
     r = server.get("/storage/contents", params={"path": tree, "sort_by": "size", "order": "desc",
                                                 "per_page": 2, "page": 1})

@@ -96,13 +96,14 @@ class LocalStore:
         return entries
 
     def folder_totals(self, path: str) -> tuple[int, dt.datetime | None]:
-        """Total bytes under a folder and its newest file's time (for recursive listings)."""
+        """Total bytes under a folder and its newest file's time (for recursive listings); an
+        empty folder has its own time, so that it sorts among the others by time."""
         total, newest = 0, None
         for entry in self.iter_files(path):
             total += entry.size or 0
             if entry.mtime and (newest is None or entry.mtime > newest):
                 newest = entry.mtime
-        return total, newest
+        return total, newest if newest is not None else self.entry(path).mtime
 
     def iter_files(self, path: str) -> Iterator[Entry]:
         """Every file under a folder (or the file itself), depth first in name order."""
