@@ -40,6 +40,7 @@ from .errors import (AuthenticationError, InvalidRequest, PermissionDenied,
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_AFTER_MAX = 30.0  # seconds; as backoff_max
 # Statuses that promise the request was not acted on, so even a POST may be sent again.
 _SAFE_FOR_POST = frozenset({429, 503})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -48,7 +49,9 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 # Google Cloud Storage answers an expired V4 signed URL with 400 and this code in an XML body.
 _EXPIRED_TOKEN = "<Code>ExpiredToken</Code>"
 # API URLs whose /version-check was asked in this process (the SDK asks once, on import).
+# A lock per URL, held while its check runs: concurrent first calls wait for its answer.
 _VERSION_CHECKED: set[str] = set()
+_VERSION_LOCKS: dict[str, threading.Lock] = {}
 _VERSION_LOCK = threading.Lock()
 KEY_HINT = f"check {API_KEY_ENV}, the api_key setting or --api-key"
 
@@ -65,6 +68,11 @@ class _Retry(Retry):
         if isinstance(error, urllib3.exceptions.NewConnectionError):
             raise urllib3.exceptions.MaxRetryError(_pool, url, error) from error
         return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        """A server's ``Retry-After``, but at most ``RETRY_AFTER_MAX`` seconds: a FUSE read or
+        a listing must not wait hours on one header (urllib3 would honour up to six)."""
+        return min(super().parse_retry_after(retry_after), RETRY_AFTER_MAX)
 
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
         if method.upper() == "POST" and status_code in _SAFE_FOR_POST:
@@ -289,21 +297,25 @@ class StorageClient:
         after it could be misread. Any other answer is only a warning. A server that cannot be
         reached fails ``what``, the call the user made, at once (asking again would only
         double the wait)."""
+        api_url = self.config.api_url
+        if api_url in _VERSION_CHECKED:
+            return
         with _VERSION_LOCK:
-            if self.config.api_url in _VERSION_CHECKED:
+            lock = _VERSION_LOCKS.setdefault(api_url, threading.Lock())
+        with lock:
+            if api_url in _VERSION_CHECKED:  # answered while this call waited
                 return
-            _VERSION_CHECKED.add(self.config.api_url)
+            self._ask_version(what)
+            _VERSION_CHECKED.add(api_url)
+
+    def _ask_version(self, what: str) -> None:
         url = (f"{self.config.api_url}{protocol.VERSION_CHECK}?"
                f"{encode_query([('client_version', protocol.SDK_VERSION)])}")
         try:
             response = self.session.get(url, timeout=self.timeout)
         except requests.RequestException as exc:
-            with _VERSION_LOCK:
-                _VERSION_CHECKED.discard(self.config.api_url)
             raise _wrap_transport(exc, f"{what} ({self.config.api_url})") from None
         if response.status_code == 406:
-            with _VERSION_LOCK:
-                _VERSION_CHECKED.discard(self.config.api_url)
             raise InvalidRequest(
                 f"the storage service at {self.config.api_url} no longer supports this client "
                 f"(it speaks the protocol of inductiva {protocol.SDK_VERSION})",
@@ -489,6 +501,8 @@ class StorageClient:
                              response.headers.get("Content-Range", "").strip())
             if response.status_code in (200, 206, 416) and found:
                 return int(found.group(1))
+            if response.status_code == 416:  # some stores send no Content-Range: nothing there
+                return 0
             length = response.headers.get("Content-Length")
             if response.status_code == 200 and length is not None and length.isdigit():
                 return int(length)

@@ -430,3 +430,47 @@ def test_expired_gcs_url_and_a_size_without_head():
                 client.read_range(url + "/expired", 0, 9)
             assert client.object_size(url + "/object") == 4321
             assert client.object_size(url + "/empty") == 0
+
+
+def test_retry_after_is_capped_and_a_bare_416_is_an_empty_object():
+    """A Retry-After of an hour must not hold a read for an hour; a store that answers an empty
+    object's one-byte range with a bare 416 (no Content-Range) has an empty object."""
+    from storagefs.client import RETRY_AFTER_MAX, _Retry
+    assert _Retry(total=1).parse_retry_after("3600") == RETRY_AFTER_MAX <= 30
+
+    def body(h, n):
+        reply(h, 416, b"")
+
+    with scripted(body) as (url, _):
+        with StorageClient(ClientConfig(api_url=url, api_key="k", retries=0)) as client:
+            assert client.object_size(url + "/empty") == 0
+
+
+def test_concurrent_first_calls_wait_for_one_version_check():
+    checks = []
+
+    def body(h, n):
+        if h.path.startswith("/version-check"):
+            checks.append(time.monotonic())
+            time.sleep(0.3)
+            reply(h, 406, b'{"detail": "too old"}', {"Content-Type": "application/json"})
+        else:
+            reply(h, 200, b"1", {"Content-Type": "application/json"})
+
+    with scripted(body, answer_version_check=False) as (url, calls):
+        with StorageClient(ClientConfig(api_url=url, api_key="k", retries=0)) as client:
+            errors: list[BaseException] = []
+
+            def call() -> None:
+                try:
+                    client.space_used()
+                except InvalidRequest as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=call) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+    assert len(errors) == 4  # every caller learns the service refuses this client
+    assert not [c for c in calls if c[1].startswith("/storage/")]

@@ -121,3 +121,33 @@ def test_folder_download_keeps_to_the_folder_the_service_expands_by_prefix(servi
             got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
             assert got == ["prefix-tests/mydata/a.txt", "prefix-tests/mydata/sub/b.txt"]
         assert service.requests["GET /storage/signed-urls"] >= 2
+
+
+def test_a_listed_offset_of_zero_is_proven_too(server, tmp_path):
+    """A listing that gives the local header's offset (0 for the first member) instead of the
+    data's: nothing before the data to prove it, so zip-file-range is asked, for a stored
+    member without crc32 too (whose size alone would have passed)."""
+    data = b"first member, stored\n" * 50
+    path, _ = archives.build_pyzip(tmp_path, {"first.txt": data, "second.txt": b"2"}, "store",
+                                   name="zero.zip")
+    (server.root / "zero-tests").mkdir(exist_ok=True)
+    (server.root / "zero-tests" / "zero.zip").write_bytes(path.read_bytes())
+    with open(path, "rb") as handle:
+        start = archives.read_local_data_offset(handle, 0)
+
+    def to_header(name: str) -> int:
+        return -start if name == "first.txt" else 0
+
+    with ServiceStandIn(server.url, central_offsets=False, offset_error=to_header) as standin:
+        client = StorageClient(ClientConfig(api_url=standin.url, api_key=server.api_key))
+        with client, storage.using(client, progress=False):
+            got = storage.download("zero-tests/zero.zip/first.txt", str(tmp_path / "dl"))
+            assert open(got, "rb").read() == data
+        assert standin.requests["GET /storage/zip-file-range"] == 1
+        vfs = VFS(CachedBackend(ClientBackend(StorageClient(ClientConfig(
+            api_url=standin.url, api_key=server.api_key)))))
+        reader = vfs.open("/zero-tests/zero.zip/first.txt")
+        try:
+            assert reader.read(0, len(data) + 1) == data
+        finally:
+            reader.close()

@@ -49,16 +49,19 @@ class MemberStart:
     prefetched: bytes = b""
 
     def crc_lookup(self, fetch: Fetch) -> Callable[[], int | None]:
-        """The CRC-32 the archive records: from the header, else from the data descriptor."""
-        def lookup() -> int | None:
-            header = self.header
-            if header is None:
-                return ziplocal.archive_crc(fetch, self.start, self.compressed_size)
-            if not header.crc_in_descriptor:
-                return header.crc32
-            after = self.start + self.compressed_size
-            return ziplocal.descriptor_crc(fetch(after, after + 8))
-        return lookup
+        """The CRC-32 the archive records: from the header, else from the data descriptor (in
+        the bytes fetched with the proof when they reach it). The function returned holds
+        neither those bytes nor this object: a member's shared state keeps it for long."""
+        header, start, size = self.header, self.start, self.compressed_size
+        if header is not None and not header.crc_in_descriptor:
+            crc = header.crc32
+            return lambda: crc
+        if header is not None:
+            if len(self.prefetched) >= size + 8:
+                known = ziplocal.descriptor_crc(self.prefetched[size:size + 8])
+                return lambda: known
+            return lambda: ziplocal.descriptor_crc(fetch(start + size, start + size + 8))
+        return lambda: ziplocal.archive_crc(fetch, start, size)
 
 
 def locate(fetch: Fetch, *, name: str, listed_start: int | None, compressed_size: int,
@@ -68,8 +71,8 @@ def locate(fetch: Fetch, *, name: str, listed_start: int | None, compressed_size
     if listed_start is None:
         start, size, method = ask_range()
         return MemberStart(start, size, method, None)
-    head_start = max(0, listed_start - ziplocal.LOCAL_HEADER_SIZE - len(name.encode())
-                     - HEADER_SLACK)
+    head_start = max(0, listed_start - ziplocal.LOCAL_HEADER_SIZE
+                     - len(name.encode("utf-8", "surrogatepass")) - HEADER_SLACK)
     wanted = compressed_size + DESCRIPTOR_MAX
     window = fetch(head_start, listed_start + min(wanted, FIRST_DATA))
     header = ziplocal.header_ending_at(window[:listed_start - head_start])

@@ -278,8 +278,6 @@ class VFS:
         assert member is not None
         start = self._member_start(entry, fetch)
         data_start, compressed = start.start, start.compressed_size
-        if start.prefetched:
-            fetch = primed(fetch, data_start, start.prefetched)
         crc_lookup: Callable[[], int | None] | None = None
         if member.crc32 is None:
             archive_crc = start.crc_lookup(fetch)
@@ -290,6 +288,8 @@ class VFS:
                     log.warning("%s: no CRC-32 found in the archive; served unchecked", path)
                 return crc
             crc_lookup = lookup_crc
+        if start.prefetched:  # only the data: released once a read has reached its end
+            fetch = primed(fetch, data_start, start.prefetched[:compressed])
         return MemberReader(fetch, data_start=data_start, compressed_size=compressed,
                             size=member.size, method=start.method, crc32=member.crc32,
                             crc_lookup=crc_lookup, name=entry.path, window=self.window,

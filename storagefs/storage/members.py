@@ -182,7 +182,8 @@ def _fetch_member(client: StorageClient, where: _Fetch, target: str, dirs: Dirs,
     head_start = where.start
     if need_header:
         head_start = max(0, where.start - ziplocal.LOCAL_HEADER_SIZE
-                         - len(where.member.encode()) - where.header_span)
+                         - len(where.member.encode("utf-8", "surrogatepass"))
+                         - where.header_span)
     end = where.start + where.length - 1 + (_DESCRIPTOR_MAX if where.crc32 is None else 0)
 
     def check_header(head: bytes) -> ziplocal.LocalHeader:
@@ -210,7 +211,8 @@ def _fetch_member(client: StorageClient, where: _Fetch, target: str, dirs: Dirs,
             else contextlib.nullcontext(iter(()))  # an empty member: nothing to fetch
         with fetch as chunks:
             decode_member(watched(chunks), where.start - head_start, where.length, where.method,
-                          where.size, handle, bar, where.member, where.crc32, check_header)
+                          where.size, handle, bar, where.member, where.crc32,
+                          check_header if need_header else None)
 
 
 def decode_member(chunks: Iterator[bytes], head_len: int, data_len: int, method: int,
@@ -231,6 +233,15 @@ def decode_member(chunks: Iterator[bytes], head_len: int, data_len: int, method:
     consumed = 0
     held = [0]  # decoded bytes written but not yet counted
 
+    def read_header(head: bytes) -> ziplocal.LocalHeader:
+        found = (check_header or _header_checker(member))(head)
+        if crc32 is None and not found.crc_in_descriptor:
+            check.expected_crc = found.crc32
+        return found
+
+    if head_len == 0 and check_header is not None:  # nothing before the data: no header there
+        header = read_header(b"")
+
     def write(data: bytes) -> None:
         if data:
             check.update(data)
@@ -246,9 +257,7 @@ def decode_member(chunks: Iterator[bytes], head_len: int, data_len: int, method:
             consumed += take
             view = view[take:]
             if consumed == head_len:
-                header = (check_header or _header_checker(member))(bytes(head))
-                if crc32 is None and not header.crc_in_descriptor:
-                    check.expected_crc = header.crc32
+                header = read_header(bytes(head))
         if view and consumed < head_len + data_len:
             take = min(head_len + data_len - consumed, len(view))
             write(decoder.decompress(bytes(view[:take])))
