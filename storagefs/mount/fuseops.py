@@ -304,7 +304,11 @@ class StorageOperations(_OperationsBase):
             handle = self._handles.get(fi.fh)
         if handle is None:
             raise FuseOSError(errno.EBADF)
-        return handle.reader.read(offset, size)
+        try:
+            return handle.reader.read(offset, size)
+        except BaseException:
+            self.page_cache.distrust(handle.path)
+            raise
 
     def release(self, path: str, fi: FileInfo) -> int:
         with self._lock:

@@ -90,6 +90,14 @@ class PageCachePolicy:
                 pages.older -= 1
                 pages.tainted = True  # it may have read after the last drop
 
+    def distrust(self, path: str) -> None:
+        """A read failed (a damaged member, say): the next open drops the pages, so that the
+        bytes are read, and checked, again."""
+        with self._lock:
+            pages = self._paths.get(path)
+            if pages is not None:
+                pages.tainted = True
+
     def _forget_idle(self) -> None:
         """Past ``max_paths``, the least recently opened paths with nothing open go (a path
         with open files must stay: its count of older files is what keeps it safe)."""
