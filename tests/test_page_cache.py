@@ -103,6 +103,17 @@ def test_open_sets_keep_cache_only_for_the_version_read_before():
     assert open_read("/f/plain.txt") == (1, b"two!!\n")
 
 
+def test_fuse_options_leave_the_page_cache_to_open(caplog):
+    pytest.importorskip("fuse", exc_type=OSError)
+    from storagefs.mount.fuseops import fuse_options
+
+    options = fuse_options({"kernel_cache": True, "auto_cache": True, "allow_other": True},
+                           metadata_ttl=5)
+    assert not {"kernel_cache", "auto_cache", "direct_io"} & set(options)
+    assert options["allow_other"] is True and options["attr_timeout"] == "5"
+    assert "-o kernel_cache ignored" in caplog.text
+
+
 # -- real mounts -------------------------------------------------------------------------------
 
 

@@ -373,8 +373,18 @@ def fuse_options(extra: dict[str, str | bool], *, metadata_ttl: float) -> dict:
     for name, value in extra.items():
         if name in ("rw",):
             continue  # a read-only file system, whatever fstab says
+        if name in _CACHE_OPTIONS:
+            log.warning("-o %s ignored: files are kept in the kernel's cache while their "
+                        "version is unchanged, and only then", name)
+            continue
         options[name] = value
     return options
+
+
+# libfuse's own page cache policies, which would override ``open``'s per version (see
+# ``pagecache``): ``kernel_cache`` keeps every file's pages, also of a replaced file.
+# (``direct_io``, which bypasses the page cache and is never stale, stays the user's choice.)
+_CACHE_OPTIONS = frozenset(("kernel_cache", "auto_cache"))
 
 
 def serve_forever(operations: StorageOperations, mountpoint: str, options: dict,
