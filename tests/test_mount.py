@@ -56,6 +56,13 @@ def ops(tmp_path):
     return StorageOperations(VFS(CachedBackend(storage)), uid=1234, gid=5678), storage
 
 
+def file_info(flags: int = os.O_RDONLY):
+    """libfuse's ``fuse_file_info`` as fusepy hands it over with ``raw_fi``."""
+    from fuse import fuse_file_info
+
+    return fuse_file_info(flags=flags)
+
+
 def fuse_errno(call) -> int:
     from fuse import FuseOSError
 
@@ -74,9 +81,10 @@ def test_operations_stat_and_listing(ops):
     assert member["st_mode"] == 0o100444 and member["st_blocks"] == 1  # compressed: < 512 B
     assert operations("readdir", "/f/x.zip", 0) == [".", "..", "a", "c.txt"]
     assert operations("getattr", "/f/x.zip/a", None)["st_mode"] == 0o040555
-    handle = operations("open", "/f/x.zip/a/b.txt", os.O_RDONLY)
-    assert operations("read", "/f/x.zip/a/b.txt", 100, 0, handle) == b"hello\n"
-    operations("release", "/f/x.zip/a/b.txt", handle)
+    fi = file_info()
+    assert operations("open", "/f/x.zip/a/b.txt", fi) == 0 and fi.fh > 0
+    assert operations("read", "/f/x.zip/a/b.txt", 100, 0, fi) == b"hello\n"
+    operations("release", "/f/x.zip/a/b.txt", fi)
     fs = operations("statfs", "/")
     assert fs["f_blocks"] - fs["f_bfree"] >= 1 and fs["f_bavail"] > 0  # used, and not full
 
@@ -116,8 +124,11 @@ def test_operations_have_fusepy_parameters():
     described = {name for name, value in vars(FuseOperations).items()
                  if callable(value) and name in vars(fuse.Operations)}
     assert answered == described
+    raw_fi = {"flags": "fi", "fh": "fi"}  # fusepy's names for what raw_fi hands over instead
     for name in sorted(described):
         expected = parameters(getattr(fuse.Operations, name))
+        if name in ("open", "read", "release"):
+            expected = [(raw_fi.get(p, p), default) for p, default in expected]
         assert parameters(getattr(FuseOperations, name)) == expected, name
         ours = parameters(getattr(StorageOperations, name))
         if ours != [("self", inspect.Parameter.empty), ("args", inspect.Parameter.empty)]:
@@ -128,7 +139,8 @@ def test_operations_errors_become_errno(ops, monkeypatch):
     operations, storage = ops
     assert fuse_errno(lambda: operations("getattr", "/nope", None)) == errno.ENOENT
     assert fuse_errno(lambda: operations("getattr", "/f/plain.txt/x", None)) == errno.ENOTDIR
-    assert fuse_errno(lambda: operations("open", "/f/plain.txt", os.O_WRONLY)) == errno.EROFS
+    writing = file_info(os.O_WRONLY)
+    assert fuse_errno(lambda: operations("open", "/f/plain.txt", writing)) == errno.EROFS
     assert fuse_errno(lambda: operations("mkdir", "/f/new", 0o755)) == errno.EROFS
     assert fuse_errno(lambda: operations("unlink", "/f/plain.txt")) == errno.EROFS
     assert fuse_errno(lambda: operations("create", "/f/new.txt", 0o644)) == errno.EROFS
@@ -144,8 +156,9 @@ def test_operations_errors_become_errno(ops, monkeypatch):
     def corrupt(*args):
         raise CorruptArchive("x: CRC-32 mismatch")
 
-    monkeypatch.setattr(operations.vfs, "open", corrupt)
-    assert fuse_errno(lambda: operations("open", "/f/x.zip/c.txt", os.O_RDONLY)) == errno.EIO
+    monkeypatch.undo()  # lookup works again: the open itself fails
+    monkeypatch.setattr(operations.vfs, "open_entry", corrupt)
+    assert fuse_errno(lambda: operations("open", "/f/x.zip/c.txt", file_info())) == errno.EIO
 
 
 # -- the storage served for the real mount ------------------------------------------------------

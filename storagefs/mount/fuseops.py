@@ -12,10 +12,14 @@ libfuse's point of view; ``storagefs mount`` without ``--foreground`` runs it in
 process and waits until the mount answers). libfuse's own SIGINT/SIGTERM/SIGHUP handlers end
 the loop and unmount cleanly.
 
-Files are opened without ``keep_cache`` (so ``raw_fi`` is not needed): the kernel drops its
-page cache of a file at each open, and a replaced object is never served from stale pages.
-Attribute and entry timeouts follow ``--metadata-ttl``, so the kernel trusts what it was told
-as long as the mount's own caches do.
+Files are opened with ``keep_cache`` where that is safe (``pagecache.PageCachePolicy``: the
+same version as the pages the kernel holds), so a file read again is served by the kernel's
+page cache; an open of a new version drops the old pages. Setting it needs fusepy's
+``raw_fi``: ``open``, ``read`` and ``release`` then receive libfuse's ``fuse_file_info``
+(``FileInfo``) instead of a handle number, whose ``fh`` holds the handle. ``direct_io`` is
+never set: it would bypass the page cache and ``mmap`` (SQLite). Attribute and entry timeouts
+follow ``--metadata-ttl``, so the kernel trusts what it was told as long as the mount's own
+caches do.
 
 Extended attributes are not implemented at all (no callback is registered): libfuse answers
 ENOSYS, after which the kernel stops asking for the life of the mount, and ``ls -l`` stops
@@ -30,11 +34,12 @@ import logging
 import os
 import stat
 import threading
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Hashable, NamedTuple, NoReturn, Protocol
 
 from fuse import FUSE, FuseOSError, Operations
 
 from ..errors import CorruptArchive, StorageError, UnsupportedMethod
+from .pagecache import PageCachePolicy
 from .read import FileReader
 from .vfs import VFS, Entry
 
@@ -82,10 +87,30 @@ def _keep_thread_state() -> None:
 Stat = dict[str, int]
 
 
+class FileInfo(Protocol):
+    """The fields of libfuse's ``struct fuse_file_info`` (fusepy's ``fuse_file_info``) used
+    here; with ``raw_fi`` fusepy hands the struct itself to open, read and release."""
+
+    flags: int
+    fh: int
+    keep_cache: int
+    direct_io: int
+
+
+class _Handle(NamedTuple):
+    """An open file: its reader, and the path and version the page cache policy was told."""
+
+    reader: FileReader
+    path: str
+    version: Hashable
+
+
 class FuseOperations(Protocol):
     """fusepy's ``Operations`` for the calls answered here, typed (parameters positional: fusepy
     calls ``operations(name, *args)``). ``tests/test_mount.py`` checks the parameters against
-    fusepy's own; writes return 0 when they succeed, which here they never do."""
+    fusepy's own (with ``raw_fi``'s ``fi`` for its ``flags`` and ``fh``); writes return 0 when
+    they succeed, which here they never do. ``getattr``'s ``fh`` is a ``FileInfo`` or None
+    (``fgetattr``), and unused."""
 
     def __call__(self, op: str, *args: Any) -> Any: ...
 
@@ -99,11 +124,11 @@ class FuseOperations(Protocol):
 
     def statfs(self, path: str, /) -> Stat: ...
 
-    def open(self, path: str, flags: int, /) -> int: ...
+    def open(self, path: str, fi: FileInfo, /) -> int: ...
 
-    def read(self, path: str, size: int, offset: int, fh: int, /) -> bytes: ...
+    def read(self, path: str, size: int, offset: int, fi: FileInfo, /) -> bytes: ...
 
-    def release(self, path: str, fh: int, /) -> int: ...
+    def release(self, path: str, fi: FileInfo, /) -> int: ...
 
     def create(self, path: str, mode: int, fi: Any = None, /) -> int: ...
 
@@ -157,7 +182,8 @@ class StorageOperations(_OperationsBase):
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.on_ready = on_ready
-        self._handles: dict[int, FileReader] = {}
+        self._handles: dict[int, _Handle] = {}
+        self.page_cache = PageCachePolicy()
         self._next_handle = 1
         self._lock = threading.Lock()
 
@@ -256,28 +282,40 @@ class StorageOperations(_OperationsBase):
 
     # -- data --------------------------------------------------------------------------------------
 
-    def open(self, path: str, flags: int) -> int:
-        if flags & _WRITE_FLAGS:
+    def open(self, path: str, fi: FileInfo) -> int:
+        """Sets ``fi.fh``, and ``fi.keep_cache`` when the kernel's pages are of the version
+        opened (one entry, so the reader and the decision are about the same version)."""
+        if fi.flags & _WRITE_FLAGS:
             raise FuseOSError(errno.EROFS)
-        reader = self.vfs.open(path)
+        entry = self.vfs.lookup(path)
+        reader = self.vfs.open_entry(entry)
+        keep = self.page_cache.opened(entry.path, entry.version)
         with self._lock:
             handle = self._next_handle
             self._next_handle += 1
-            self._handles[handle] = reader
-        return handle
+            self._handles[handle] = _Handle(reader, entry.path, entry.version)
+        fi.fh = handle
+        fi.keep_cache = int(keep)
+        log.debug("open %s: %s", path, "kernel pages kept" if keep else "kernel pages dropped")
+        return 0
 
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+    def read(self, path: str, size: int, offset: int, fi: FileInfo) -> bytes:
         with self._lock:
-            reader = self._handles.get(fh)
-        if reader is None:
+            handle = self._handles.get(fi.fh)
+        if handle is None:
             raise FuseOSError(errno.EBADF)
-        return reader.read(offset, size)
+        try:
+            return handle.reader.read(offset, size)
+        except BaseException:
+            self.page_cache.distrust(handle.path)
+            raise
 
-    def release(self, path: str, fh: int) -> int:
+    def release(self, path: str, fi: FileInfo) -> int:
         with self._lock:
-            reader = self._handles.pop(fh, None)
-        if reader is not None:
-            reader.close()
+            handle = self._handles.pop(fi.fh, None)
+        if handle is not None:
+            self.page_cache.released(handle.path, handle.version)
+            handle.reader.close()
         return 0
 
     # -- writes: a read-only file system ---------------------------------------------------------
@@ -335,14 +373,24 @@ def fuse_options(extra: dict[str, str | bool], *, metadata_ttl: float) -> dict:
     for name, value in extra.items():
         if name in ("rw",):
             continue  # a read-only file system, whatever fstab says
+        if name in _CACHE_OPTIONS:
+            log.warning("-o %s ignored: files are kept in the kernel's cache while their "
+                        "version is unchanged, and only then", name)
+            continue
         options[name] = value
     return options
+
+
+# libfuse's own page cache policies, which would override ``open``'s per version (see
+# ``pagecache``): ``kernel_cache`` keeps every file's pages, also of a replaced file.
+# (``direct_io``, which bypasses the page cache and is never stale, stays the user's choice.)
+_CACHE_OPTIONS = frozenset(("kernel_cache", "auto_cache"))
 
 
 def serve_forever(operations: StorageOperations, mountpoint: str, options: dict,
                   debug: bool = False) -> None:
     """Mount and answer until unmounted or signalled (libfuse handles SIGINT/SIGTERM)."""
-    _FUSE(operations, mountpoint, foreground=True, nothreads=False, raw_fi=False, debug=debug,
+    _FUSE(operations, mountpoint, foreground=True, nothreads=False, raw_fi=True, debug=debug,
           encoding="utf-8", **options)
 
 

@@ -32,7 +32,8 @@ What the tree shows:
   one warning says why. The kernel may still hold the folder in its entry cache (for
   ``--metadata-ttl``): ``fuseops`` answers the open of that stale folder so that the kernel
   looks the name up again (see ``StorageOperations.open_folder``).
-- Inode numbers are given on first sight of a path and kept while mounted.
+- Inode numbers are given on first sight of a path and kept while mounted, whatever version of
+  the file is there (``pagecache`` says why the kernel never serves an old version's pages).
 - Sizes are what a read returns. ``stored`` is what the entry costs in storage (the member's
   compressed size), which is what ``du`` counts; ``du --apparent-size`` counts ``size``.
 """
@@ -264,7 +265,12 @@ class VFS:
 
     def open(self, path: str) -> FileReader:
         """A reader (``read(offset, length)``, ``close()``) for a file or member."""
-        entry = self.lookup(path)
+        return self.open_entry(self.lookup(path))
+
+    def open_entry(self, entry: Entry) -> FileReader:
+        """A reader for the version of the file or member that ``entry`` was listed with (the
+        caller knows which version it opened: see ``pagecache``)."""
+        path = entry.path
         if entry.is_dir:
             raise IsADirectory(f"is a folder: {entry.path}")
         fetch = self._fetcher(entry.object_path)
