@@ -28,6 +28,7 @@ from ..errors import AuthenticationError, InvalidRequest, NotFound, StorageError
 from ..gcpause import gc_paused
 from .indexcache import IndexCache
 from .metrics import Metrics, MetricsMiddleware
+from .objectreads import ObjectReads
 from .operations import Operations
 from .remote import check_outbound_url, export_multipart, fetch_into
 from .signing import OBJECT_PREFIX, Signer
@@ -435,6 +436,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     known |= {"/version", "/metrics", "/users/info", "/users/quotas"}
     app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known)
     app.add_middleware(CollapseSlashes)
+    # Outermost: signed-URL reads are answered before routing, the rest passes through.
+    app.add_middleware(ObjectReads, signer=service.signer, store=service.store, metrics=metrics)
     return app
 
 
