@@ -135,3 +135,51 @@ def test_a_root_whose_server_state_cannot_be_made_is_one_line(tmp_path):
     root.mkdir()
     (root / ".storagefs").write_text("not a folder")
     assert_refused(serve(str(root), "--port", "0"), 1, "cannot serve", str(root))
+
+
+def worker_pids(pid: int) -> set[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(p) for p in children.read_text().split()} if children.exists() else set()
+
+
+@pytest.mark.parametrize("signum", ["terminate", "interrupt"])
+def test_workers_share_the_port_and_the_signing_key(tmp_path, signum):
+    """Two processes on one port: the API answers, a URL signed by either is read by both (many
+    requests over fresh connections reach both), and one signal stops them all."""
+    import signal as signals
+
+    (tmp_path / "root" / "d").mkdir(parents=True)
+    (tmp_path / "root" / "d" / "f.bin").write_bytes(b"w" * 5000)
+    process, line = start(str(tmp_path / "root"), "--port", "0", "--api-key", "k",
+                          "--workers", "2")
+    try:
+        url = line.split(" on ", 1)[1].split()[0]
+        workers = worker_pids(process.pid)
+        assert len(workers) == 2, workers
+        signed = []
+        for _ in range(10):
+            r = requests.get(url + "/storage/signed-urls", headers={"X-API-Key": "k"},
+                             params={"operation": "download", "paths": "d/f.bin"}, timeout=10)
+            assert r.status_code == 200, r.text
+            signed.append(r.json()[0])
+        for link in signed:
+            for _ in range(10):  # requests.get opens a new connection each time
+                r = requests.get(link, headers={"Range": "bytes=10-19"}, timeout=10)
+                assert r.status_code == 206 and r.content == b"w" * 10
+        listing = requests.get(url + "/storage/contents", headers={"X-API-Key": "k"},
+                               params={"path": "d"}, timeout=10)
+        assert [e["name"] for e in listing.json()["contents"]] == ["f.bin"]
+    finally:
+        if signum == "interrupt":
+            process.send_signal(signals.SIGINT)
+        else:
+            process.terminate()
+        assert process.wait(15) == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or \
+            "zombie" in Path(f"/proc/{pid}/status").read_text(), "a worker outlived the server"
+    assert "Traceback" not in (process.stderr.read() if process.stderr else "")
+
+
+def test_workers_must_be_a_positive_number(tmp_path):
+    assert_refused(serve(str(tmp_path / "root"), "--workers", "0"), 2, "--workers")

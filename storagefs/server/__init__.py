@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import sys
 from typing import TYPE_CHECKING, Callable
 
 from ..config import ServerConfig
@@ -42,3 +45,78 @@ def run(app: FastAPI, config: ServerConfig, listener: socket.socket | None = Non
     settings = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                               access_log=False, timeout_graceful_shutdown=5)
     Server(settings).run(sockets=None if listener is None else [listener])
+
+
+def run_workers(app: FastAPI, config: ServerConfig, listener: socket.socket, workers: int,
+                on_listening: Callable[[], None] | None = None) -> int:
+    """Serve ``app`` from ``workers`` forked processes sharing ``listener``; returns an exit code.
+
+    The kernel spreads connections over the processes accepting on the one socket. Each worker
+    has its own copy of the app (caches and counters per process); the signing key is the
+    config's, so a URL signed by one worker is accepted by all. SIGINT or SIGTERM to this
+    process stops every worker gracefully (SIGTERM, once); a worker that dies stops the rest.
+    ``on_listening`` is called once every worker accepts connections."""
+    ready_read, ready_write = os.pipe()
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve, then leave without running the parent's cleanup
+            code = 0
+            try:
+                os.close(ready_read)
+                run(app, config, listener, on_listening=lambda: os.write(ready_write, b"."))
+            except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it stopped on
+                pass
+            except BaseException:  # a worker must never return into the parent
+                import traceback
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+    os.close(ready_write)
+    return _supervise(children, ready_read, on_listening)
+
+
+def _supervise(children: list[int], ready: int,
+               on_listening: Callable[[], None] | None) -> int:
+    alive = set(children)
+    stopping = False
+
+    def stop(signum: int = signal.SIGTERM, frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        started = 0
+        while started < len(children):
+            got = os.read(ready, len(children) - started)
+            if not got:  # every worker closed its end: one ended before listening
+                break
+            started += len(got)
+        os.close(ready)
+        if started == len(children) and not stopping and on_listening is not None:
+            on_listening()
+        failed = False
+        while alive:
+            pid, status = os.wait()
+            if pid not in alive:
+                continue
+            alive.discard(pid)
+            # uvicorn ends on the signal it stopped on: killed by it is a clean stop
+            if os.waitstatus_to_exitcode(status) > 0 or not stopping:
+                failed = True
+            if not stopping:
+                stop()  # a worker ended by itself: the others go too
+        return 1 if failed else 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
