@@ -64,7 +64,11 @@ def run_workers(app: FastAPI, config: ServerConfig, listener: socket.socket, wor
             code = 0
             try:
                 os.close(ready_read)
-                run(app, config, listener, on_listening=lambda: os.write(ready_write, b"."))
+
+                def ready() -> None:
+                    os.write(ready_write, b".")
+
+                run(app, config, listener, on_listening=ready)
             except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it stopped on
                 pass
             except BaseException:  # a worker must never return into the parent
