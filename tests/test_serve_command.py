@@ -169,6 +169,15 @@ def test_workers_share_the_port_and_the_signing_key(tmp_path, signum):
         listing = requests.get(url + "/storage/contents", headers={"X-API-Key": "k"},
                                params={"path": "d"}, timeout=10)
         assert [e["name"] for e in listing.json()["contents"]] == ["f.bin"]
+        op = requests.post(url + "/storage/copy", headers={"X-API-Key": "k"},
+                           params={"source": "d/f.bin", "target": "e/f.bin"}, timeout=30).json()
+        for _ in range(10):  # whichever process answers knows the operation
+            r = requests.get(url + f"/storage/operations/{op['id']}", headers={"X-API-Key": "k"},
+                             timeout=10)
+            assert r.status_code == 200 and r.json()["status"] == "OK", r.text
+            ops = requests.get(url + "/storage/operations", headers={"X-API-Key": "k"},
+                               timeout=10).json()
+            assert [o["id"] for o in ops] == [op["id"]]
     finally:
         if signum == "interrupt":
             process.send_signal(signals.SIGINT)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import logging
+import os
 import re
+import uuid
 from pathlib import Path
 from typing import Annotated, Callable, Literal
 
@@ -29,10 +31,10 @@ from ..gcpause import gc_paused
 from .indexcache import IndexCache
 from .metrics import Metrics, MetricsMiddleware
 from .objectreads import ObjectReads
-from .operations import Operations
+from .operations import Operations, remove_stale_runs
 from .remote import check_outbound_url, export_multipart, fetch_into
 from .signing import OBJECT_PREFIX, Signer
-from .store import Entry, LocalStore
+from .store import RESERVED, Entry, LocalStore
 from .zipindex import DosTime, Member, ZipIndex, data_offset, data_offsets
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,10 @@ class StorageService:
         self.signer = Signer(config.signing_key, config.signed_url_ttl_s)
         self.zips = IndexCache(config.zip_index_cache_entries, config.max_zip_entries,
                                config.max_central_directory_bytes)
-        self.operations = Operations()
+        # One folder per start, shared by the worker processes forked from this one.
+        runs = self.store.root / RESERVED / "operations"
+        remove_stale_runs(runs)
+        self.operations = Operations(shared=runs / f"{os.getpid()}-{uuid.uuid4().hex}")
         if not config.api_keys:
             raise ValueError("the server needs at least one API key")
         self.keys = tuple(k.encode() for k in config.api_keys)
