@@ -29,6 +29,7 @@ from ..config import ServerConfig
 from ..errors import AuthenticationError, InvalidRequest, NotFound, StorageError
 from ..gcpause import gc_paused
 from .indexcache import IndexCache
+from .listingcache import CachedListings, ListingCache
 from .metrics import Metrics, MetricsMiddleware
 from .objectreads import ObjectReads
 from .operations import Operations, remove_stale_runs
@@ -88,6 +89,7 @@ class StorageService:
         # One folder per start, shared by the worker processes forked from this one.
         runs = self.store.root / RESERVED / "operations"
         remove_stale_runs(runs)
+        self.listings = ListingCache(self.store)
         self.operations = Operations(shared=runs / f"{os.getpid()}-{uuid.uuid4().hex}")
         if not config.api_keys:
             raise ValueError("the server needs at least one API key")
@@ -265,13 +267,23 @@ def create_app(config: ServerConfig) -> FastAPI:
         return service.listing(path or "", sort_by, order, recursive, page, per_page)
 
     @api.get(protocol.CONTENTS)
-    def contents(path: str = "", sort_by: SortBy = "creation_time", order: Order = "desc",
-                 recursive: bool = False, page: Page = 1, per_page: PerPage = 100,
-                 path_filter: str | None = None, region: Region = None,
-                 provider_id: Provider = None) -> JSONResponse:
+    def contents(request: Request, path: str = "", sort_by: SortBy = "creation_time",
+                 order: Order = "desc", recursive: bool = False, page: Page = 1,
+                 per_page: PerPage = 100, path_filter: str | None = None, region: Region = None,
+                 provider_id: Provider = None) -> Response:
+        # Taken before the listing: a change meanwhile makes the stored answer stale, not wrong.
+        validator = None if recursive else service.listings.validator(protocol.CONTENTS, path)
         total, files = _contents(path, sort_by, order, recursive, page, per_page, region)
-        return JSONResponse({"total_files": total, "available_regions": [config.region],
-                             "contents": [f.to_json() for f in files]})
+        return _stored(request, path, validator, {
+            "total_files": total, "available_regions": [config.region],
+            "contents": [f.to_json() for f in files]})
+
+    def _stored(request: Request, path: str, validator: tuple | None, data: dict) -> Response:
+        """The answer, kept for ``CachedListings`` while ``validator`` holds."""
+        response = JSONResponse(data)
+        service.listings.put(request.scope["path"], request.scope.get("query_string", b""), path,
+                             validator, bytes(response.body))
+        return response
 
     @api.get(protocol.CONTENTS_PAGINATED)
     def contents_paginated(path: str = "", sort_by: SortBy = "creation_time",
@@ -286,11 +298,14 @@ def create_app(config: ServerConfig) -> FastAPI:
         return {"total_files": total, "available_regions": [config.region], "contents": by_name}
 
     @api.get(protocol.ZIP_CONTENTS)
-    def zip_contents(path: str, zip_relative_path: str = "", recursive: bool = True,
-                     region: Region = None, provider_id: Provider = None) -> JSONResponse:
+    def zip_contents(request: Request, path: str, zip_relative_path: str = "",
+                     recursive: bool = True, region: Region = None,
+                     provider_id: Provider = None) -> Response:
         service.check_region(region)
+        validator = service.listings.validator(protocol.ZIP_CONTENTS, path)
         # A JSONResponse skips FastAPI's re-encoding, which costs seconds on 1e5 entries.
-        return JSONResponse(service.zip_listing(path, zip_relative_path, recursive))
+        return _stored(request, path, validator,
+                       service.zip_listing(path, zip_relative_path, recursive))
 
     @api.get(protocol.ZIP_FILE_RANGE)
     def zip_file_range(filename: str, path: str, zip_relative_path: str = "",
@@ -441,6 +456,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     known |= {"/version", "/metrics", "/users/info", "/users/quotas"}
     app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known)
     app.add_middleware(CollapseSlashes)
+    app.add_middleware(CachedListings, cache=service.listings, keys=service.keys,
+                       metrics=metrics)
     # Outermost: signed-URL reads are answered before routing, the rest passes through.
     app.add_middleware(ObjectReads, signer=service.signer, store=service.store, metrics=metrics)
     return app
