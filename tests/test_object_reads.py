@@ -86,3 +86,18 @@ def test_a_large_body_streams_whole(server, unique):
 ])
 def test_single_range(header, size, expected):
     assert single_range(header, size) == expected
+
+
+def test_symlinks_inside_the_root_are_followed_and_out_of_it_refused(server, unique, tmp_path):
+    put_tree(server.root / unique, {"real/f.bin": b"inside"})
+    put_tree(tmp_path / "out", {"f.bin": b"SECRET"})
+    os.symlink(server.root / unique / "real", server.root / unique / "link")
+    url = signed(server, "download", f"{unique}/link/f.bin")[0]
+    assert requests.get(url, headers={"Range": "bytes=0-5"}).content == b"inside"
+    (server.root / unique / "ok.bin").write_bytes(b"fine")
+    leak = signed(server, "download", f"{unique}/ok.bin")[0]
+    assert requests.get(leak).content == b"fine"
+    os.unlink(server.root / unique / "ok.bin")
+    os.symlink(tmp_path / "out" / "f.bin", server.root / unique / "ok.bin")
+    r = requests.get(leak, headers={"Range": "bytes=0-5"})
+    assert r.status_code == 403 and b"SECRET" not in r.content

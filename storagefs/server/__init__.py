@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 from ..config import ServerConfig
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from starlette.types import ASGIApp
 
 
 def serve(config: ServerConfig) -> None:
@@ -19,15 +19,15 @@ def serve(config: ServerConfig) -> None:
     run(prepare(config), config)
 
 
-def prepare(config: ServerConfig) -> FastAPI:
+def prepare(config: ServerConfig) -> ASGIApp:
     """The application over ``config.root``; makes the root and the server's state in it, so
     an ``OSError`` here means the folder cannot be served, before anything listens."""
-    from .app import create_app
+    from .app import create_app, with_fast_paths
 
-    return create_app(config)
+    return with_fast_paths(create_app(config))
 
 
-def run(app: FastAPI, config: ServerConfig, listener: socket.socket | None = None,
+def run(app: ASGIApp, config: ServerConfig, listener: socket.socket | None = None,
         on_listening: Callable[[], None] | None = None) -> None:
     """Serve ``app`` until interrupted; uvicorn handles SIGINT/SIGTERM with a graceful shutdown.
 
@@ -47,7 +47,7 @@ def run(app: FastAPI, config: ServerConfig, listener: socket.socket | None = Non
     Server(settings).run(sockets=None if listener is None else [listener])
 
 
-def run_workers(app: FastAPI, config: ServerConfig, listener: socket.socket, workers: int,
+def run_workers(app: ASGIApp, config: ServerConfig, listener: socket.socket, workers: int,
                 on_listening: Callable[[], None] | None = None) -> int:
     """Serve ``app`` from ``workers`` forked processes sharing ``listener``; returns an exit code.
 

@@ -456,11 +456,18 @@ def create_app(config: ServerConfig) -> FastAPI:
     known |= {"/version", "/metrics", "/users/info", "/users/quotas"}
     app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known)
     app.add_middleware(CollapseSlashes)
-    app.add_middleware(CachedListings, cache=service.listings, keys=service.keys,
-                       metrics=metrics)
-    # Outermost: signed-URL reads are answered before routing, the rest passes through.
-    app.add_middleware(ObjectReads, signer=service.signer, store=service.store, metrics=metrics)
+    app.state.metrics = metrics
     return app
+
+
+def with_fast_paths(app: FastAPI) -> ASGIApp:
+    """``app`` behind the paths that answer the hot requests without the framework (whose
+    own per-request work, even before any middleware, costs more than these answers): signed-URL
+    reads, then stored listings; everything else, and every doubt, goes to ``app``."""
+    service: StorageService = app.state.service
+    metrics: Metrics = app.state.metrics
+    listings = CachedListings(app, cache=service.listings, keys=service.keys, metrics=metrics)
+    return ObjectReads(listings, signer=service.signer, store=service.store, metrics=metrics)
 
 
 async def _store_stream(store: LocalStore, path: str, request: Request) -> int:

@@ -25,6 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
@@ -34,7 +35,7 @@ from ..errors import StorageError
 from ..protocol import clean_path
 from .metrics import Metrics
 from .signing import OBJECT_PREFIX, Signer
-from .store import LocalStore
+from .store import RESERVED, LocalStore
 
 INLINE_READ_MAX = 256 * 1024  # read on the event loop up to this many bytes
 STREAM_CHUNK = 1024 * 1024
@@ -141,6 +142,14 @@ def single_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+def _query(raw: bytes) -> dict[str, str]:
+    """The query parameters, the last of a name winning (as the framework reads them)."""
+    text = raw.decode("latin-1")
+    if "%" in text or "+" in text:
+        return dict(parse_qsl(text, keep_blank_values=True))
+    return dict(pair.partition("=")[::2] for pair in text.split("&") if pair)
+
+
 class ObjectReads:
     """ASGI app: answers signed-URL GET/HEAD reads itself, everything else goes to ``app``."""
 
@@ -152,6 +161,9 @@ class ObjectReads:
         self.fds = DescriptorCache()
         self._root = str(store.root)
         self._root_prefix = self._root + os.sep
+        self._counters: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._range_reads = metrics.object_reads.labels("range")
+        self._whole_reads = metrics.object_reads.labels("whole")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(OBJECT_PREFIX) \
@@ -165,25 +177,38 @@ class ObjectReads:
         path = scope["path"][len(OBJECT_PREFIX):]
         if "//" in path:
             return None
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                               keep_blank_values=True))
+        query = _query(scope.get("query_string", b""))
         try:
             self.signer.verify(scope["method"], path, query.get("op", ""),
                                query.get("expires", ""), query.get("sig", ""))
-            if not clean_path(path):
-                return None
-            real = str(self.store.resolve(path))
+            clean = clean_path(path)
         except StorageError:
             return None
-        if not real.startswith(self._root_prefix):
+        if not clean or clean.split("/", 1)[0] == RESERVED:
             return None
-        try:
-            st = os.stat(real)
-        except OSError:
+        located = self._walk(clean)
+        if located is None:
             return None
-        if not _stat.S_ISREG(st.st_mode):
+        real, st = located
+        if not real.startswith(self._root_prefix) or not _stat.S_ISREG(st.st_mode):
             return None
         return real, st
+
+    def _walk(self, clean: str) -> tuple[str, os.stat_result] | None:
+        """The path under the root and its stat, with one ``lstat`` per component: a path
+        of plain folders and a plain file cannot leave the root (``clean_path`` refuses
+        ``..``); a symlink on the way is resolved and checked by the store, as the route does."""
+        local = self._root
+        try:
+            for part in clean.split("/"):
+                local = f"{local}/{part}"
+                st = os.lstat(local)
+                if _stat.S_ISLNK(st.st_mode):
+                    real = str(self.store.resolve(clean))
+                    return real, os.stat(real)
+        except (OSError, StorageError):
+            return None
+        return local, st
 
     async def _answer(self, scope: Scope, send: Send) -> bool:
         located = self._locate(scope)
@@ -247,9 +272,13 @@ class ObjectReads:
         return sent
 
     def _counted(self, method: str, status: str, sent: int, is_range: bool) -> None:
-        m = self.metrics
-        m.requests.labels("object", method, status).inc()
-        m.bytes.labels("object", method).inc(sent)
+        counters = self._counters.get((method, status))
+        if counters is None:  # labels() takes a lock and builds a key: look each pair up once
+            m = self.metrics
+            counters = self._counters[(method, status)] = (
+                m.requests.labels("object", method, status), m.bytes.labels("object", method))
+        counters[0].inc()
+        counters[1].inc(sent)
         if method == "GET":
-            m.object_reads.labels("range" if is_range else "whole").inc()
-            m.object_read_bytes.inc(sent)
+            (self._range_reads if is_range else self._whole_reads).inc()
+            self.metrics.object_read_bytes.inc(sent)
