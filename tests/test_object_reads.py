@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 import requests
@@ -101,3 +102,22 @@ def test_symlinks_inside_the_root_are_followed_and_out_of_it_refused(server, uni
     os.symlink(tmp_path / "out" / "f.bin", server.root / unique / "ok.bin")
     r = requests.get(leak, headers={"Range": "bytes=0-5"})
     assert r.status_code == 403 and b"SECRET" not in r.content
+
+
+def test_an_idle_server_lets_go_of_a_deleted_file(make_server):
+    srv = make_server()
+    put_tree(srv.root, {"gone.bin": b"g" * 4096})
+    url = signed(srv, "download", "gone.bin")[0]
+    assert requests.get(url, headers={"Range": "bytes=0-9"}).status_code == 206
+    os.unlink(srv.root / "gone.bin")
+
+    def held() -> list[str]:
+        fds = f"/proc/{srv.process.pid}/fd"
+        return [t for t in (os.readlink(f"{fds}/{n}") for n in os.listdir(fds))
+                if "gone.bin" in t]
+
+    assert held(), "the read keeps its descriptor for a moment"
+    deadline = time.monotonic() + 10
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not held()

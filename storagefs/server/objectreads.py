@@ -17,11 +17,11 @@ answers exactly as before. Requests are counted in the same metrics as the middl
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
 import stat as _stat
-import threading
 import time
 from collections import OrderedDict
 from email.utils import formatdate
@@ -72,13 +72,13 @@ class DescriptorCache:
     """Open descriptors by real path, valid only while the file's stat matches their key.
 
     Used from the event loop only (one thread), so lookups need no lock; descriptors handed to
-    worker threads are duplicates the caller closes."""
+    worker threads are duplicates the caller closes. Items are in least-recently-used order."""
 
     def __init__(self, idle_s: float = FD_IDLE_S, max_open: int = FD_MAX) -> None:
         self._items: OrderedDict[str, _Open] = OrderedDict()
         self._idle_s = idle_s
         self._max = max_open
-        self._lock = threading.Lock()  # only for close_all from another thread at shutdown
+        self._timer: asyncio.TimerHandle | None = None
 
     def get(self, real: str, st: os.stat_result) -> _Open:
         key = (real, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -101,22 +101,25 @@ class DescriptorCache:
             os.close(fd)  # replaced between the stat and the open: let the caller re-stat
             raise FileChangedError(real)
         item = self._items[real] = _Open(key, fd, st)
-        self._sweep(now)
+        self.sweep()
         return item
 
-    def _sweep(self, now: float) -> None:
+    def sweep(self) -> None:
+        """Close what is idle or over the bound; while anything stays open, look again later,
+        so an idle server does not keep a deleted file's space held by a descriptor."""
+        now = time.monotonic()
         while self._items:
             oldest = next(iter(self._items.values()))
             if len(self._items) <= self._max and now - oldest.used < self._idle_s:
-                return
+                break
             del self._items[oldest.key[0]]
             os.close(oldest.fd)
+        if self._items and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._idle_s, self._swept)
 
-    def close_all(self) -> None:
-        with self._lock:
-            while self._items:
-                _, item = self._items.popitem()
-                os.close(item.fd)
+    def _swept(self) -> None:
+        self._timer = None
+        self.sweep()
 
 
 class FileChangedError(Exception):
