@@ -166,6 +166,12 @@ def test_workers_share_the_port_and_the_signing_key(tmp_path, signum):
             for _ in range(10):  # requests.get opens a new connection each time
                 r = requests.get(link, headers={"Range": "bytes=10-19"}, timeout=10)
                 assert r.status_code == 206 and r.content == b"w" * 10
+        counted = {}
+        for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith("storagefs_object_reads_total"):
+                name, _, value = line.rpartition(" ")
+                counted[name] = float(value)
+        assert counted['storagefs_object_reads_total{kind="range"}'] == 100, "every worker's"
         listing = requests.get(url + "/storage/contents", headers={"X-API-Key": "k"},
                                params={"path": "d"}, timeout=10)
         assert [e["name"] for e in listing.json()["contents"]] == ["f.bin"]

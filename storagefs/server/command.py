@@ -15,8 +15,10 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -204,6 +206,12 @@ def run_serve(args: argparse.Namespace) -> int:
                               region=args.region, public_url=args.public_url,
                               signing_key=signing_key, signed_url_ttl_s=args.url_ttl,
                               allow_private_urls=args.allow_private_urls)
+        counters = None
+        if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Before the metrics module is imported: the workers' counters go to files there,
+            # which /metrics sums (server/metrics.py).
+            counters = tempfile.mkdtemp(prefix="storagefs-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = counters
         from . import prepare, run, run_workers
         try:
             app = prepare(config)
@@ -221,4 +229,8 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.workers == 1:
             run(app, config, listener, on_listening=announce)
             return EXIT_OK
-        return run_workers(app, config, listener, args.workers, on_listening=announce)
+        try:
+            return run_workers(app, config, listener, args.workers, on_listening=announce)
+        finally:
+            if counters is not None:
+                shutil.rmtree(counters, ignore_errors=True)
