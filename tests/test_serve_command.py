@@ -198,3 +198,23 @@ def test_workers_share_the_port_and_the_signing_key(tmp_path, signum):
 
 def test_workers_must_be_a_positive_number(tmp_path):
     assert_refused(serve(str(tmp_path / "root"), "--workers", "0"), 2, "--workers")
+
+
+def test_a_worker_that_dies_stops_the_server_with_one_line(tmp_path):
+    import signal as signals
+
+    process, line = start(str(tmp_path / "root"), "--port", "0", "--api-key", "k",
+                          "--workers", "2")
+    try:
+        workers = sorted(worker_pids(process.pid))
+        assert len(workers) == 2, line
+        os.kill(workers[0], signals.SIGKILL)
+        assert process.wait(15) == 1
+    finally:
+        if process.poll() is None:
+            stop(process)
+    err = process.stderr.read() if process.stderr else ""
+    assert f"worker {workers[0]} ended by itself (signal 9)" in err, err
+    assert "Traceback" not in err
+    assert not Path(f"/proc/{workers[1]}").exists() or \
+        "zombie" in Path(f"/proc/{workers[1]}/status").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import sys
@@ -98,28 +99,45 @@ def _supervise(children: list[int], ready: int,
             except ProcessLookupError:
                 pass
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        started = 0
-        while started < len(children):
-            got = os.read(ready, len(children) - started)
-            if not got:  # every worker closed its end: one ended before listening
-                break
-            started += len(got)
-        os.close(ready)
-        if started == len(children) and not stopping and on_listening is not None:
-            on_listening()
-        failed = False
+    failed = False
+
+    def reap(block: bool) -> None:
+        """Collect ended workers (one when ``block``); one that ends by itself stops the rest."""
+        nonlocal failed
         while alive:
-            pid, status = os.wait()
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            if pid == 0:
+                return
             if pid not in alive:
                 continue
             alive.discard(pid)
             # uvicorn ends on the signal it stopped on: killed by it is a clean stop
-            if os.waitstatus_to_exitcode(status) > 0 or not stopping:
-                failed = True
+            code = os.waitstatus_to_exitcode(status)
             if not stopping:
-                stop()  # a worker ended by itself: the others go too
+                how = f"exit status {code}" if code >= 0 else f"signal {-code}"
+                print(f"storagefs serve: worker {pid} ended by itself ({how}); stopping the "
+                      "server, see its output above", file=sys.stderr, flush=True)
+            if code > 0 or not stopping:
+                failed = True
+                stop()
+            if block:
+                return
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        started = 0
+        while started < len(children) and not stopping:
+            if select.select([ready], [], [], 0.2)[0]:
+                got = os.read(ready, len(children) - started)
+                if not got:  # no worker holds its end any more
+                    break
+                started += len(got)
+            reap(block=False)  # a worker that fails to start must not leave us waiting
+        os.close(ready)
+        if started == len(children) and not stopping and on_listening is not None:
+            on_listening()
+        while alive:
+            reap(block=True)
         return 1 if failed else 0
     finally:
         for sig, handler in previous.items():
