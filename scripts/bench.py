@@ -29,6 +29,15 @@ Rows (targets from the issue; the JSON has the details behind each figure):
    (seed 1234), each set on a new connection of a new process, against the same set on the
    local copy: on a first connection (cold), the same queries asked again on a second (<= 2x
    local), and new queries on a third.
+8. (``--rows server``) the server alone under load, no mount: ``ab`` (apache2-utils) with
+   keep-alive against 4 KiB ranged GETs of one signed URL and against small listings
+   (``zip-contents`` of a 10-member archive, ``contents`` of a 10-file folder), 1 and 32
+   clients: requests/s (ranges: >= 1,000 with one client, >= 2,000 with 32; listings >= 1,000
+   with 32) and p99 (ranges, 32 clients: <= 50 ms). nginx serves the same file with the same
+   range in the same run as the reference. Each figure is the median of three runs taken in
+   turns (the machine may be shared); the server runs with its default ``--workers`` (one per
+   core). Missing ``ab`` or nginx are installed with ``scripts/install-system-deps.sh --bench``
+   when possible, otherwise the row says what is missing. This row needs no corpus or mount.
 
 Requests and bytes come from the server's ``/metrics`` (``storagefs_requests_total``,
 ``storagefs_object_read_bytes_total``); RSS from ``/proc/PID/status`` (VmRSS sampled every
@@ -39,8 +48,9 @@ use), mounting the same archive through the same kind of signed URL (fsspec over
 archive per mount, its index written to a fresh folder each time. It reads the archive's
 directory while mounting, so its requests are counted and its ``ls -lR`` timed from its start.
 
-Usage: ``scripts/bench.py [--quick] [--json PATH] [--rows 1,4] [--peer none]``. ``--quick`` uses
-a small corpus (a smoke run; the targets are meant for the full one).
+Usage: ``scripts/bench.py [--quick] [--json PATH] [--rows 1,4,server] [--peer none]``.
+``--quick`` uses a small corpus (a smoke run; the targets are meant for the full one). The
+default rows are 1-7; ``make bench BENCH_ARGS="--rows server"`` runs row 8 alone.
 """
 
 from __future__ import annotations
@@ -241,9 +251,10 @@ def _free_port() -> int:
 class Server:
     """``storagefs serve`` on the corpus, with /metrics read as {sample: value}."""
 
-    def __init__(self, root: Path, work: Path) -> None:
+    def __init__(self, root: Path, work: Path, *extra: str) -> None:
         self.root = root
         self.work = work
+        self.extra = extra
         self.process: subprocess.Popen | None = None
         self.url = ""
 
@@ -252,7 +263,8 @@ class Server:
         log = (self.work / f"server-{port}.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "storagefs", "serve", str(self.root), "--host", "127.0.0.1",
-             "--port", str(port), "--api-key", API_KEY], stdout=log, stderr=subprocess.STDOUT)
+             "--port", str(port), "--api-key", API_KEY, *self.extra], stdout=log,
+            stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -590,6 +602,7 @@ class Bench:
         self.server = Server(corpus / "root", work)
         self.dropped = True
         self.timeout = 3600.0
+        self.peer_note = ""
 
     def cold(self) -> None:
         self.dropped = drop_caches() and self.dropped
@@ -799,6 +812,188 @@ class Bench:
 # -- the table -------------------------------------------------------------------------------
 
 
+# -- row 8: the server alone under many clients ------------------------------------------------
+
+AB_REQUESTS = 3000
+AB_REPEATS = 3
+SERVER_FILE = "data.bin"
+SERVER_RANGE = (1 << 20, (1 << 20) + 4095)  # 4 KiB, inside the file
+
+
+def ensure_load_tools(allow_install: bool) -> tuple[str | None, str | None, list[str]]:
+    """Paths of ``ab`` and ``nginx`` (installed once if missing and allowed), and notes."""
+    def find() -> tuple[str | None, str | None]:
+        nginx = shutil.which("nginx") or next(
+            (p for p in ("/usr/sbin/nginx", "/sbin/nginx") if os.access(p, os.X_OK)), None)
+        return shutil.which("ab"), nginx
+
+    ab, nginx = find()
+    notes = []
+    if (ab is None or nginx is None) and allow_install:
+        installed = subprocess.run([str(REPO / "scripts" / "install-system-deps.sh"), "--bench"],
+                                   capture_output=True, text=True)
+        if installed.returncode != 0:
+            notes.append("installing apache2-utils/nginx failed: "
+                         + (installed.stderr.strip().splitlines() or ["?"])[-1])
+        ab, nginx = find()
+    if ab is None:
+        notes.append("ab not found: apt-get install apache2-utils (make bench installs it)")
+    if nginx is None:
+        notes.append("nginx not found: apt-get install nginx-light (make bench installs it); "
+                     "no reference figures")
+    return ab, nginx, notes
+
+
+def run_ab(ab: str, url: str, clients: int, headers: dict[str, str], requests_n: int) -> dict:
+    """One ``ab -k`` run: requests/s, p99 and the failures it saw."""
+    cmd = [ab, "-q", "-k", "-n", str(requests_n), "-c", str(clients)]
+    for name, value in headers.items():
+        cmd += ["-H", f"{name}: {value}"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=600).stdout
+    figures: dict = {"rps": None, "p99_ms": None, "failed": 0, "non_2xx": 0}
+    for line in out.splitlines():
+        words = line.split()
+        if line.startswith("Requests per second:"):
+            figures["rps"] = float(words[3])
+        elif line.strip().startswith("99%"):
+            figures["p99_ms"] = float(words[1])
+        elif line.startswith("Failed requests:"):
+            figures["failed"] = int(words[2])
+        elif line.startswith("Non-2xx responses:"):
+            figures["non_2xx"] = int(words[2])
+    if figures["rps"] is None:
+        raise RuntimeError(f"ab printed no figures for {url}: {out[-300:]}")
+    return figures
+
+
+def _nginx_config(folder: Path, root: Path, port: int) -> Path:
+    config = folder / "nginx.conf"
+    temp = "\n".join(f"    {kind}_temp_path {folder / kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers read the bench's own folder
+    config.write_text(f"""{user}worker_processes auto;
+daemon off;
+pid {folder / 'nginx.pid'};
+error_log {folder / 'error.log'} warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+{temp}
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ }}
+    }}
+}}
+""")
+    return config
+
+
+@contextlib.contextmanager
+def nginx_serving(nginx: str, root: Path, work: Path) -> Iterator[str]:
+    """nginx on a free 127.0.0.1 port serving ``root`` from a generated config, stopped after."""
+    folder = work / "nginx"
+    folder.mkdir(exist_ok=True)
+    port = _free_port()
+    config = _nginx_config(folder, root, port)
+    log = (folder / "stderr.log").open("wb")
+    process = subprocess.Popen([nginx, "-c", str(config), "-p", str(folder), "-e",
+                                str(folder / "error.log")], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError("nginx exited: "
+                                   + (folder / "stderr.log").read_text()[-300:].strip())
+            try:
+                if requests.get(f"{url}/{SERVER_FILE}", timeout=1,
+                                headers={"Range": "bytes=0-0"}).status_code == 206:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("nginx did not answer within 15 s")
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()  # SIGTERM: nginx's fast shutdown
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
+
+
+def _server_corpus(root: Path, file_size: int) -> None:
+    """A file for the ranges, a 10-member archive and a 10-file folder for the listings."""
+    (root / "listing").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(SEED)
+    with open(root / SERVER_FILE, "wb") as f:
+        for _ in range(file_size // MiB):
+            f.write(rng.randbytes(MiB))
+    with zipfile.ZipFile(root / "small.zip", "w") as zf:
+        for i in range(10):
+            zf.writestr(f"run/out{i}.txt", f"line {i}\n" * 50)
+    for i in range(10):
+        (root / "listing" / f"f{i}.txt").write_bytes(b"x" * (i + 1) * 100)
+
+
+def _workers(pid: int) -> int:
+    """How many processes a ``storagefs serve`` answers with (its children, or itself)."""
+    try:
+        return len(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()) or 1
+    except OSError:
+        return 1
+
+
+def measure_server(work: Path, quick: bool, allow_install: bool = True) -> dict:
+    """Row 8: our server and nginx under ``ab``, in turns, each configuration three times."""
+    ab, nginx, notes = ensure_load_tools(allow_install)
+    if ab is None:
+        raise RuntimeError(notes[-1] if nginx is None and len(notes) > 1 else notes[0])
+    root = work / "server-root"
+    _server_corpus(root, (8 if quick else 64) * MiB)
+    requests_n = AB_REQUESTS // 3 if quick else AB_REQUESTS
+    server = Server(root, work)
+    first, last = SERVER_RANGE
+    ranged = {"Range": f"bytes={first}-{last}"}
+    keyed = {"X-API-Key": API_KEY}
+    runs: dict[str, list[dict]] = {}
+    with contextlib.ExitStack() as stack:
+        server.start()
+        stack.callback(server.stop)
+        assert server.process is not None
+        workers = _workers(server.process.pid)
+        targets = {"ranges": (server.signed_url(SERVER_FILE), ranged),
+                   "zip_contents": (f"{server.url}/storage/zip-contents?path=small.zip", keyed),
+                   "contents": (f"{server.url}/storage/contents?path=listing", keyed)}
+        if nginx is not None:
+            try:
+                base = stack.enter_context(nginx_serving(nginx, root, work))
+                targets["nginx_ranges"] = (f"{base}/{SERVER_FILE}", ranged)
+            except RuntimeError as exc:
+                notes.append(f"nginx could not start: {exc}")
+        for url, headers in targets.values():  # a warm-up each: caches, connections
+            run_ab(ab, url, 4, headers, 200)
+        for _ in range(AB_REPEATS):  # in turns, so a busy moment of the machine hits all
+            for name, (url, headers) in targets.items():
+                for clients in (1, 32):
+                    runs.setdefault(f"{name}_{clients}", []).append(
+                        run_ab(ab, url, clients, headers, requests_n))
+    result: dict = {"workers": workers, "requests_per_run": requests_n, "notes": notes,
+                    "runs": runs, "cpus": os.cpu_count(), "load": os.getloadavg()}
+    for key, values in runs.items():
+        latencies = [v["p99_ms"] for v in values if v["p99_ms"] is not None]
+        result[key] = {
+            "rps": statistics.median(v["rps"] for v in values),
+            "p99_ms": statistics.median(latencies) if latencies else None,
+            "rps_spread": [min(v["rps"] for v in values), max(v["rps"] for v in values)],
+            "errors": sum(v["failed"] + v["non_2xx"] for v in values)}
+    return result
+
+
 @dataclass
 class Line:
     row: str
@@ -862,6 +1057,30 @@ def lines(sizes: Sizes) -> dict[str, list[Line]]:
                    lambda r: r["sqlite_again"]["again"]["ratio"], "x", 1),
               Line("7", "  new queries, 3rd connection / local", "", None,
                    lambda r: r["sqlite_again"]["new"]["ratio"], "x", 1)],
+        "8": [Line("8", "server: 4 KiB ranged GET, 1 client", ">= 1,000/s",
+                   lambda v: v >= 1000, lambda r: r["server"]["ranges_1"]["rps"], "/s", 0),
+              Line("8", "  nginx, same file and range", "", None,
+                   lambda r: r["server"]["nginx_ranges_1"]["rps"], "/s", 0),
+              Line("8", "  32 clients", ">= 2,000/s", lambda v: v >= 2000,
+                   lambda r: r["server"]["ranges_32"]["rps"], "/s", 0),
+              Line("8", "  nginx, 32 clients", "", None,
+                   lambda r: r["server"]["nginx_ranges_32"]["rps"], "/s", 0),
+              Line("8", "  32 clients: p99", "<= 50 ms", lambda v: v <= 50,
+                   lambda r: r["server"]["ranges_32"]["p99_ms"], "ms", 0),
+              Line("8", "  nginx, 32 clients: p99", "", None,
+                   lambda r: r["server"]["nginx_ranges_32"]["p99_ms"], "ms", 0),
+              Line("8", "  1 client: p99", "", None,
+                   lambda r: r["server"]["ranges_1"]["p99_ms"], "ms", 0),
+              Line("8", "server: zip-contents (10), 32 clients", ">= 1,000/s",
+                   lambda v: v >= 1000, lambda r: r["server"]["zip_contents_32"]["rps"], "/s", 0),
+              Line("8", "  1 client", "", None,
+                   lambda r: r["server"]["zip_contents_1"]["rps"], "/s", 0),
+              Line("8", "  32 clients: p99", "", None,
+                   lambda r: r["server"]["zip_contents_32"]["p99_ms"], "ms", 0),
+              Line("8", "server: contents (10 files), 32 clients", ">= 1,000/s",
+                   lambda v: v >= 1000, lambda r: r["server"]["contents_32"]["rps"], "/s", 0),
+              Line("8", "  1 client", "", None,
+                   lambda r: r["server"]["contents_1"]["rps"], "/s", 0)],
     }
 
 
@@ -881,6 +1100,9 @@ def render(results: dict[str, dict], sizes: Sizes, rows: list[str]) -> tuple[str
                      "unit": line.unit}
             for name in systems:
                 result = results[name]
+                if row in _SERVER_ROWS and name != "storagefs":
+                    entry[name] = None  # the server row has its reference (nginx) in its lines
+                    continue
                 missing = [k for k in _NEEDS[row] if k not in result]
                 if missing:
                     entry[name] = None
@@ -923,7 +1145,9 @@ def render(results: dict[str, dict], sizes: Sizes, rows: list[str]) -> tuple[str
 
 # Which result keys each row needs.
 _NEEDS = {"1": ("cat", "unzip"), "2": ("small",), "3": ("preads",), "4": ("ls",),
-          "5": ("parallel",), "6": ("cat", "parallel"), "7": ("sqlite",)}
+          "5": ("parallel",), "6": ("cat", "parallel"), "7": ("sqlite",), "8": ("server",)}
+_SERVER_ROWS = {"8"}  # measured on the server alone, not through a mount
+_ROW_NAMES = {"server": "8"}
 _RUNS = {"1": ("cat",), "2": ("small",), "3": ("preads",), "4": ("ls",), "5": ("parallel",),
          "6": ("cat", "parallel"), "7": ("sqlite",)}
 # Repeated reads, served by the kernel's page cache: sub-rows of rows 1 and 7.
@@ -963,7 +1187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small corpus: a smoke run")
     parser.add_argument("--json", type=Path, default=REPO / "bench-results.json",
                         help="where to save the results (default: %(default)s)")
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7", help="rows to run (default: all)")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7",
+                        help="rows to run, 8 or 'server' for the server row (default: 1-7)")
     parser.add_argument("--peer", choices=("ratarmount", "none"), default="ratarmount",
                         help="the second column (default: ratarmount, installed on first use)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
@@ -971,33 +1196,33 @@ def main(argv: list[str] | None = None) -> int:
                         help="also record the daemon with py-spy during an extra ls -lR "
                              "(row 4) and write its top functions to DIR")
     args = parser.parse_args(argv)
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    rows = [_ROW_NAMES.get(r.strip(), r.strip()) for r in args.rows.split(",") if r.strip()]
     if any(r not in _NEEDS for r in rows):
-        parser.error(f"--rows: choose from {','.join(_NEEDS)}")
+        parser.error(f"--rows: choose from {','.join(_NEEDS)} (8: server)")
     sizes = QUICK if args.quick else FULL
-    corpus = build_corpus(sizes, args.quick)
     BENCH.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=BENCH))
-    bench = Bench(args, sizes, corpus, work)
     peer_note = "not run (--peer none)"
     started = time.monotonic()
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {"storagefs": {}}
+    mount_rows = [r for r in rows if r not in _SERVER_ROWS]
+    bench = None
     try:
-        bench.server.start()
-        unzip = bench.local_unzip() if "1" in rows else None
-        print("storagefs:", flush=True)
-        results["storagefs"] = run_system(bench, StoragefsMount(bench.server, work, sizes.cache),
-                                          rows, unzip)
-        if args.peer == "ratarmount":
-            executable, peer_note = ensure_ratarmount(allow_install=True)
-            if executable is not None:
-                print(f"{peer_note}:", flush=True)
-                results["ratarmount"] = run_system(
-                    bench, RatarmountMount(bench.server, work, executable), rows, unzip)
-            else:
-                results["ratarmount"] = {"error": peer_note}
+        if "8" in rows:
+            print("storagefs: server under ab ...", flush=True)
+            try:
+                results["storagefs"]["server"] = measure_server(work, args.quick)
+            except Exception as exc:  # noqa: BLE001 - reported in the table, the rest still run
+                message = f"{type(exc).__name__}: {exc}"[:300]
+                print(f"  storagefs: server failed: {message}", file=sys.stderr, flush=True)
+                results["storagefs"].setdefault("errors", {})["server"] = message
+                results["storagefs"]["error"] = message
+        if mount_rows:
+            bench = run_mount_rows(args, sizes, work, mount_rows, results)
+            peer_note = bench.peer_note
+        else:
+            peer_note = "not run (no mount rows)"
     finally:
-        bench.server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     text, table = render(results, sizes, rows)
@@ -1005,7 +1230,14 @@ def main(argv: list[str] | None = None) -> int:
              f"{sizes.cache // MiB} MiB; {os.cpu_count()} cores; run took "
              f"{time.monotonic() - started:.0f} s",
              f"peer: {peer_note}"]
-    if not bench.dropped:
+    server_row = results["storagefs"].get("server")
+    if server_row is not None:
+        notes.append(f"server row: {server_row['workers']} worker processes, ab -k, "
+                     f"{server_row['requests_per_run']} requests a run, median of "
+                     f"{AB_REPEATS} runs in turns; load average before "
+                     f"{server_row['load'][0]:.2f}")
+        notes += [f"server row: {note}" for note in server_row["notes"]]
+    if bench is not None and not bench.dropped:
         notes.append("page cache NOT dropped between cold runs (needs root)")
     for name, result in results.items():
         for key, message in result.get("errors", {}).items():
@@ -1020,12 +1252,37 @@ def main(argv: list[str] | None = None) -> int:
               "commit": commit, "quick": args.quick, "sizes": asdict(sizes),
               "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                           "python": platform.python_version()},
-              "page_cache_dropped": bench.dropped, "peer": peer_note, "notes": notes,
-              "table": table, "results": results}
+              "page_cache_dropped": bench.dropped if bench is not None else None,
+              "peer": peer_note, "notes": notes, "table": table, "results": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, default=str))
     print(f"saved {args.json}")
     return 0
+
+
+def run_mount_rows(args: argparse.Namespace, sizes: Sizes, work: Path, rows: list[str],
+                   results: dict[str, dict]) -> Bench:
+    """Rows 1-7: the corpus, the server on it, storagefs's mount and then the peer's."""
+    corpus = build_corpus(sizes, args.quick)
+    bench = Bench(args, sizes, corpus, work)
+    bench.peer_note = "not run (--peer none)"
+    try:
+        bench.server.start()
+        unzip = bench.local_unzip() if "1" in rows else None
+        print("storagefs:", flush=True)
+        results["storagefs"].update(run_system(
+            bench, StoragefsMount(bench.server, work, sizes.cache), rows, unzip))
+        if args.peer == "ratarmount":
+            executable, bench.peer_note = ensure_ratarmount(allow_install=True)
+            if executable is not None:
+                print(f"{bench.peer_note}:", flush=True)
+                results["ratarmount"] = run_system(
+                    bench, RatarmountMount(bench.server, work, executable), rows, unzip)
+            else:
+                results["ratarmount"] = {"error": bench.peer_note}
+    finally:
+        bench.server.stop()
+    return bench
 
 
 if __name__ == "__main__":

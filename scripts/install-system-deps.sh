@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages storagefs and its tests use, only when something is missing:
 # FUSE (fusermount and libfuse.so.2 for fusepy), zip/unzip and 7-Zip (7zz) to build test archives.
+# With --bench: also what the server row of scripts/bench.py uses, ab (apache2-utils) and nginx.
 set -euo pipefail
 
 missing=()
+if [ "${1:-}" = "--bench" ]; then
+    command -v ab >/dev/null 2>&1 || missing+=(apache2-utils)
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+fi
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2' || missing+=(libfuse2)
 command -v zip >/dev/null 2>&1 || missing+=(zip)

@@ -135,3 +135,86 @@ def test_a_root_whose_server_state_cannot_be_made_is_one_line(tmp_path):
     root.mkdir()
     (root / ".storagefs").write_text("not a folder")
     assert_refused(serve(str(root), "--port", "0"), 1, "cannot serve", str(root))
+
+
+def worker_pids(pid: int) -> set[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(p) for p in children.read_text().split()} if children.exists() else set()
+
+
+@pytest.mark.parametrize("signum", ["terminate", "interrupt"])
+def test_workers_share_the_port_and_the_signing_key(tmp_path, signum):
+    """Two processes on one port: the API answers, a URL signed by either is read by both (many
+    requests over fresh connections reach both), and one signal stops them all."""
+    import signal as signals
+
+    (tmp_path / "root" / "d").mkdir(parents=True)
+    (tmp_path / "root" / "d" / "f.bin").write_bytes(b"w" * 5000)
+    process, line = start(str(tmp_path / "root"), "--port", "0", "--api-key", "k",
+                          "--workers", "2")
+    try:
+        url = line.split(" on ", 1)[1].split()[0]
+        workers = worker_pids(process.pid)
+        assert len(workers) == 2, workers
+        signed = []
+        for _ in range(10):
+            r = requests.get(url + "/storage/signed-urls", headers={"X-API-Key": "k"},
+                             params={"operation": "download", "paths": "d/f.bin"}, timeout=10)
+            assert r.status_code == 200, r.text
+            signed.append(r.json()[0])
+        for link in signed:
+            for _ in range(10):  # requests.get opens a new connection each time
+                r = requests.get(link, headers={"Range": "bytes=10-19"}, timeout=10)
+                assert r.status_code == 206 and r.content == b"w" * 10
+        counted = {}
+        for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith("storagefs_object_reads_total"):
+                name, _, value = line.rpartition(" ")
+                counted[name] = float(value)
+        assert counted['storagefs_object_reads_total{kind="range"}'] == 100, "every worker's"
+        listing = requests.get(url + "/storage/contents", headers={"X-API-Key": "k"},
+                               params={"path": "d"}, timeout=10)
+        assert [e["name"] for e in listing.json()["contents"]] == ["f.bin"]
+        op = requests.post(url + "/storage/copy", headers={"X-API-Key": "k"},
+                           params={"source": "d/f.bin", "target": "e/f.bin"}, timeout=30).json()
+        for _ in range(10):  # whichever process answers knows the operation
+            r = requests.get(url + f"/storage/operations/{op['id']}", headers={"X-API-Key": "k"},
+                             timeout=10)
+            assert r.status_code == 200 and r.json()["status"] == "OK", r.text
+            ops = requests.get(url + "/storage/operations", headers={"X-API-Key": "k"},
+                               timeout=10).json()
+            assert [o["id"] for o in ops] == [op["id"]]
+    finally:
+        if signum == "interrupt":
+            process.send_signal(signals.SIGINT)
+        else:
+            process.terminate()
+        assert process.wait(15) == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or \
+            "zombie" in Path(f"/proc/{pid}/status").read_text(), "a worker outlived the server"
+    assert "Traceback" not in (process.stderr.read() if process.stderr else "")
+
+
+def test_workers_must_be_a_positive_number(tmp_path):
+    assert_refused(serve(str(tmp_path / "root"), "--workers", "0"), 2, "--workers")
+
+
+def test_a_worker_that_dies_stops_the_server_with_one_line(tmp_path):
+    import signal as signals
+
+    process, line = start(str(tmp_path / "root"), "--port", "0", "--api-key", "k",
+                          "--workers", "2")
+    try:
+        workers = sorted(worker_pids(process.pid))
+        assert len(workers) == 2, line
+        os.kill(workers[0], signals.SIGKILL)
+        assert process.wait(15) == 1
+    finally:
+        if process.poll() is None:
+            stop(process)
+    err = process.stderr.read() if process.stderr else ""
+    assert f"worker {workers[0]} ended by itself (signal 9)" in err, err
+    assert "Traceback" not in err
+    assert not Path(f"/proc/{workers[1]}").exists() or \
+        "zombie" in Path(f"/proc/{workers[1]}/status").read_text()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import logging
+import os
 import re
+import uuid
 from pathlib import Path
 from typing import Annotated, Callable, Literal
 
@@ -27,11 +29,13 @@ from ..config import ServerConfig
 from ..errors import AuthenticationError, InvalidRequest, NotFound, StorageError
 from ..gcpause import gc_paused
 from .indexcache import IndexCache
+from .listingcache import CachedListings, ListingCache
 from .metrics import Metrics, MetricsMiddleware
-from .operations import Operations
+from .objectreads import ObjectReads
+from .operations import Operations, remove_stale_runs
 from .remote import check_outbound_url, export_multipart, fetch_into
 from .signing import OBJECT_PREFIX, Signer
-from .store import Entry, LocalStore
+from .store import RESERVED, Entry, LocalStore
 from .zipindex import DosTime, Member, ZipIndex, data_offset, data_offsets
 
 log = logging.getLogger(__name__)
@@ -82,7 +86,11 @@ class StorageService:
         self.signer = Signer(config.signing_key, config.signed_url_ttl_s)
         self.zips = IndexCache(config.zip_index_cache_entries, config.max_zip_entries,
                                config.max_central_directory_bytes)
-        self.operations = Operations()
+        # One folder per start, shared by the worker processes forked from this one.
+        runs = self.store.root / RESERVED / "operations"
+        remove_stale_runs(runs)
+        self.listings = ListingCache(self.store)
+        self.operations = Operations(shared=runs / f"{os.getpid()}-{uuid.uuid4().hex}")
         if not config.api_keys:
             raise ValueError("the server needs at least one API key")
         self.keys = tuple(k.encode() for k in config.api_keys)
@@ -259,13 +267,23 @@ def create_app(config: ServerConfig) -> FastAPI:
         return service.listing(path or "", sort_by, order, recursive, page, per_page)
 
     @api.get(protocol.CONTENTS)
-    def contents(path: str = "", sort_by: SortBy = "creation_time", order: Order = "desc",
-                 recursive: bool = False, page: Page = 1, per_page: PerPage = 100,
-                 path_filter: str | None = None, region: Region = None,
-                 provider_id: Provider = None) -> JSONResponse:
+    def contents(request: Request, path: str = "", sort_by: SortBy = "creation_time",
+                 order: Order = "desc", recursive: bool = False, page: Page = 1,
+                 per_page: PerPage = 100, path_filter: str | None = None, region: Region = None,
+                 provider_id: Provider = None) -> Response:
+        # Taken before the listing: a change meanwhile makes the stored answer stale, not wrong.
+        validator = None if recursive else service.listings.validator(protocol.CONTENTS, path)
         total, files = _contents(path, sort_by, order, recursive, page, per_page, region)
-        return JSONResponse({"total_files": total, "available_regions": [config.region],
-                             "contents": [f.to_json() for f in files]})
+        return _stored(request, path, validator, {
+            "total_files": total, "available_regions": [config.region],
+            "contents": [f.to_json() for f in files]})
+
+    def _stored(request: Request, path: str, validator: tuple | None, data: dict) -> Response:
+        """The answer, kept for ``CachedListings`` while ``validator`` holds."""
+        response = JSONResponse(data)
+        service.listings.put(request.scope["path"], request.scope.get("query_string", b""), path,
+                             validator, bytes(response.body))
+        return response
 
     @api.get(protocol.CONTENTS_PAGINATED)
     def contents_paginated(path: str = "", sort_by: SortBy = "creation_time",
@@ -280,11 +298,14 @@ def create_app(config: ServerConfig) -> FastAPI:
         return {"total_files": total, "available_regions": [config.region], "contents": by_name}
 
     @api.get(protocol.ZIP_CONTENTS)
-    def zip_contents(path: str, zip_relative_path: str = "", recursive: bool = True,
-                     region: Region = None, provider_id: Provider = None) -> JSONResponse:
+    def zip_contents(request: Request, path: str, zip_relative_path: str = "",
+                     recursive: bool = True, region: Region = None,
+                     provider_id: Provider = None) -> Response:
         service.check_region(region)
+        validator = service.listings.validator(protocol.ZIP_CONTENTS, path)
         # A JSONResponse skips FastAPI's re-encoding, which costs seconds on 1e5 entries.
-        return JSONResponse(service.zip_listing(path, zip_relative_path, recursive))
+        return _stored(request, path, validator,
+                       service.zip_listing(path, zip_relative_path, recursive))
 
     @api.get(protocol.ZIP_FILE_RANGE)
     def zip_file_range(filename: str, path: str, zip_relative_path: str = "",
@@ -435,7 +456,18 @@ def create_app(config: ServerConfig) -> FastAPI:
     known |= {"/version", "/metrics", "/users/info", "/users/quotas"}
     app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known)
     app.add_middleware(CollapseSlashes)
+    app.state.metrics = metrics
     return app
+
+
+def with_fast_paths(app: FastAPI) -> ASGIApp:
+    """``app`` behind the paths that answer the hot requests without the framework (whose
+    own per-request work, even before any middleware, costs more than these answers): signed-URL
+    reads, then stored listings; everything else, and every doubt, goes to ``app``."""
+    service: StorageService = app.state.service
+    metrics: Metrics = app.state.metrics
+    listings = CachedListings(app, cache=service.listings, keys=service.keys, metrics=metrics)
+    return ObjectReads(listings, signer=service.signer, store=service.store, metrics=metrics)
 
 
 async def _store_stream(store: LocalStore, path: str, request: Request) -> int:

@@ -15,8 +15,10 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,6 +55,21 @@ def _seconds(value: str) -> int:
     return int(value)
 
 
+def _workers(value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise argparse.ArgumentTypeError(f"expected a number of processes above 0, "
+                                         f"got {value!r}")
+    return int(value)
+
+
+def default_workers() -> int:
+    """One process per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _public_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -87,6 +104,9 @@ examples:
                    help="file holding the HMAC key for signed URLs, so URLs survive a restart")
     p.add_argument("--url-ttl", type=_seconds, default=6 * 3600, metavar="SECONDS",
                    help="lifetime of signed URLs (default: %(default)s)")
+    p.add_argument("--workers", type=_workers, default=default_workers(), metavar="N",
+                   help="processes answering on the port (default: the number of cores, "
+                   "%(default)s here; 1: a single process)")
     p.add_argument("--allow-private-urls", action="store_true",
                    help="let upload-from-URL and export reach loopback and private addresses")
     p.set_defaults(run=run_serve)
@@ -180,11 +200,19 @@ def run_serve(args: argparse.Namespace) -> int:
     with listener:
         port = listener.getsockname()[1]
         keys = tuple(args.api_keys) or (secrets.token_urlsafe(24),)
+        if signing_key is None and args.workers > 1:
+            signing_key = secrets.token_bytes(32)  # one key, made before the workers fork
         config = ServerConfig(root=args.root, host=args.host, port=port, api_keys=keys,
                               region=args.region, public_url=args.public_url,
                               signing_key=signing_key, signed_url_ttl_s=args.url_ttl,
                               allow_private_urls=args.allow_private_urls)
-        from . import prepare, run
+        counters = None
+        if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Before the metrics module is imported: the workers' counters go to files there,
+            # which /metrics sums (server/metrics.py).
+            counters = tempfile.mkdtemp(prefix="storagefs-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = counters
+        from . import prepare, run, run_workers
         try:
             app = prepare(config)
         except OSError as exc:
@@ -198,5 +226,11 @@ def run_serve(args: argparse.Namespace) -> int:
         def announce() -> None:
             print(f"storagefs serve: {args.root} on {url} (Ctrl-C stops it)", flush=True)
 
-        run(app, config, listener, on_listening=announce)
-    return EXIT_OK
+        if args.workers == 1:
+            run(app, config, listener, on_listening=announce)
+            return EXIT_OK
+        try:
+            return run_workers(app, config, listener, args.workers, on_listening=announce)
+        finally:
+            if counters is not None:
+                shutil.rmtree(counters, ignore_errors=True)

@@ -4,12 +4,19 @@ client fetched: requests and body bytes per endpoint, and object reads (signed U
 Counting happens in a pure ASGI middleware on the bytes actually sent, so ranged reads, HEADs
 and streamed bodies are all counted as they went out. Each app has its own registry, so several
 servers can live in one process (tests).
+
+With several worker processes (``serve --workers``), ``PROMETHEUS_MULTIPROC_DIR`` is set before
+this module is first imported: prometheus_client then keeps each process's values in a file
+there, and ``/metrics`` sums the files, so any worker answers for all of them.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter,
                                disable_created_metrics, generate_latest)
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .signing import OBJECT_PREFIX
@@ -17,6 +24,7 @@ from .signing import OBJECT_PREFIX
 disable_created_metrics()  # '*_created' timestamps double the output and tell a reader nothing
 
 _KNOWN_PREFIXES = ("/storage/operations/",)
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def endpoint_label(path: str, known: frozenset[str]) -> str:
@@ -49,6 +57,11 @@ class Metrics:
                                           registry=self.registry)
 
     def render(self) -> tuple[bytes, str]:
+        shared = os.environ.get(MULTIPROCESS_ENV)
+        if shared:
+            every_process = CollectorRegistry()
+            MultiProcessCollector(every_process, path=shared)
+            return generate_latest(every_process), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
