@@ -12,6 +12,8 @@ from pathlib import Path
 
 import requests
 
+KEY = {"X-API-Key": "test-key.123"}  # the header of the key start_server gives by default
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -75,3 +77,19 @@ def start_server(root: Path, log_dir: Path, *extra: str, api_key: str = "test-ke
             time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"server did not start: {log.read_text()}")
+
+
+def put_tree(root: Path, files: dict[str, bytes]) -> None:
+    """Files written straight into a server's root, as if uploaded."""
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def signed(server, operation: str, *paths: str, **params) -> list[str]:
+    """Signed URLs from a server, asserted to be given."""
+    query = {"operation": operation, "paths": list(paths), **params}
+    r = server.get("/storage/signed-urls", params=query)
+    assert r.status_code == 200, r.text
+    return r.json()

@@ -9,7 +9,7 @@ import zipfile
 
 import requests
 
-from test_server import KEY, put_tree
+from serverharness import KEY, put_tree
 
 
 def listing(server, path: str, **params) -> dict:

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from storagefs.server.objectreads import single_range
-from test_server import put_tree, signed
+from serverharness import put_tree, signed
 
 
 def test_a_file_replaced_under_a_kept_descriptor_is_served_new_at_once(server, unique):
@@ -121,3 +121,15 @@ def test_an_idle_server_lets_go_of_a_deleted_file(make_server):
     while held() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not held()
+
+
+def test_a_range_past_any_number_is_no_server_error(server, unique):
+    """A Range with more digits than any file has bytes (and than int() takes) is not ours to
+    answer: it goes the framework's way, never a 500."""
+    (server.root / unique).mkdir(parents=True, exist_ok=True)
+    (server.root / unique / "f.bin").write_bytes(b"0123456789")
+    url = server.get("/storage/signed-urls", params={"paths": f"{unique}/f.bin",
+                                                     "operation": "download"}).json()[0]
+    for header in ("bytes=0-" + "9" * 5000, "bytes=-" + "9" * 5000):
+        answer = requests.get(url, headers={"Range": header}, timeout=30)
+        assert answer.status_code < 500, (header[:20], answer.status_code)

@@ -9,27 +9,12 @@ import threading
 import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-KEY = {"X-API-Key": "test-key.123"}
-
-
-def put_tree(root: Path, files: dict[str, bytes]) -> None:
-    for name, data in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-
-def signed(server, operation: str, *paths: str, **params) -> list[str]:
-    query = {"operation": operation, "paths": list(paths), **params}
-    r = server.get("/storage/signed-urls", params=query)
-    assert r.status_code == 200, r.text
-    return r.json()
+from serverharness import KEY, put_tree, signed
 
 
 def names(response) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
@@ -59,11 +60,16 @@ def run_workers(app: ASGIApp, config: ServerConfig, listener: socket.socket, wor
     ``on_listening`` is called once every worker accepts connections."""
     ready_read, ready_write = os.pipe()
     children: list[int] = []
+    parent = os.getpid()
+    # Held back until the parent's handlers are in place: a stop between two forks is not lost.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # a worker: serve, then leave without running the parent's cleanup
             code = 0
             try:
+                _end_with_parent(parent)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.close(ready_read)
 
                 def ready() -> None:
@@ -82,11 +88,25 @@ def run_workers(app: ASGIApp, config: ServerConfig, listener: socket.socket, wor
                 os._exit(code)
         children.append(pid)
     os.close(ready_write)
-    return _supervise(children, ready_read, on_listening)
+    return _supervise(children, ready_read, on_listening, mask)
 
 
-def _supervise(children: list[int], ready: int,
-               on_listening: Callable[[], None] | None) -> int:
+def _end_with_parent(parent: int) -> None:
+    """A worker ends with the process that started it, even one killed with SIGKILL (Linux's
+    PR_SET_PDEATHSIG), instead of holding the port as an orphan."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # already gone before the line above
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _supervise(children: list[int], ready: int, on_listening: Callable[[], None] | None,
+               mask: set[int | signal.Signals]) -> int:
     alive = set(children)
     stopping = False
 
@@ -124,6 +144,7 @@ def _supervise(children: list[int], ready: int,
                 return
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         started = 0
         while started < len(children) and not stopping:

@@ -43,7 +43,7 @@ FD_IDLE_S = 2.0  # a descriptor unused this long is closed
 FD_MAX = 128
 _SINGLE_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
-StatKey = tuple[str, int, int, int]  # (real path, inode, size, mtime_ns)
+StatKey = tuple[str, int, int, int, int]  # (real path, device, inode, size, mtime_ns)
 
 
 class _Open:
@@ -81,7 +81,7 @@ class DescriptorCache:
         self._timer: asyncio.TimerHandle | None = None
 
     def get(self, real: str, st: os.stat_result) -> _Open:
-        key = (real, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = (real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         item = self._items.get(real)
         now = time.monotonic()
         if item is not None and item.key == key:
@@ -97,8 +97,11 @@ class DescriptorCache:
         except OSError:
             os.close(fd)
             raise
-        if (opened.st_ino, opened.st_size, opened.st_mtime_ns) != key[1:]:
+        if (opened.st_dev, opened.st_ino, opened.st_size, opened.st_mtime_ns) != key[1:]:
             os.close(fd)  # replaced between the stat and the open: let the caller re-stat
+            raise FileChangedError(real)
+        if not _opened_under(fd, real):  # a folder on the way swapped for a symlink meanwhile
+            os.close(fd)
             raise FileChangedError(real)
         item = self._items[real] = _Open(key, fd, st)
         self.sweep()
@@ -122,6 +125,15 @@ class DescriptorCache:
         self.sweep()
 
 
+def _opened_under(fd: int, real: str) -> bool:
+    """Whether what ``fd`` opened is the file at ``real`` itself: the kernel's name for it,
+    not the one the path walk checked, which a swapped folder could lead out of the root."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == real
+    except OSError:
+        return True  # no /proc: the lstat walk is what is left
+
+
 class FileChangedError(Exception):
     """The file changed while being opened; the request goes the slow way."""
 
@@ -133,6 +145,8 @@ def single_range(header: str, size: int) -> tuple[int, int] | None:
     if not found:
         return None
     first, last = found.groups()
+    if len(first) > 19 or len(last) > 19:  # past any file (and past int()'s digit limit)
+        return None
     if first:
         start = int(first)
         end = int(last) + 1 if last and int(last) < size else size

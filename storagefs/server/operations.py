@@ -87,7 +87,10 @@ class Operations:
         target = self._shared / f"{op.id}.json"
         staged = self._shared / f".{op.id}.{os.getpid()}.{threading.get_ident()}"
         try:
-            staged.write_text(json.dumps(op.to_json()))
+            # Private: an upload-from-URL record holds the URL, which may carry a token.
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(op.to_json()))
             os.replace(staged, target)
         except OSError as exc:  # the state folder is full or gone: polls elsewhere may miss it
             log.warning("cannot record operation %s: %s", op.id, exc)
