@@ -226,6 +226,7 @@ def served(server, tmp_path_factory) -> Served:
         "7zz-lzma.zip": lambda: build_7zz(build, files, method="LZMA"),
         "7zz-store.zip": lambda: build_7zz(build, files, method="Copy"),
         "stream-zip.zip": lambda: build_stream_zip(build, files, name="c.zip"),
+        "py-store.zip": lambda: build_pyzip(build, files, "store", name="i.zip"),
         "py-deflate.zip": lambda: build_pyzip(build, files, "deflate", name="d.zip"),
         "py-bzip2.zip": lambda: build_pyzip(build, files, "bzip2", name="e.zip"),
         "py-lzma.zip": lambda: build_pyzip(build, files, "lzma", name="f.zip"),
@@ -342,7 +343,7 @@ def test_producers_cover_every_method(served):
     methods = set().union(*served.methods.values())
     if not (shutil.which("7zz") and shutil.which("zip")):
         pytest.skip("7zz or zip missing: some producers were skipped")
-    assert len(served.methods) == 14
+    assert len(served.methods) == 15
     assert methods == {0, 8, 9, 12, 14, 93}  # stored, deflate, Deflate64, bzip2, LZMA, zstd
 
 
