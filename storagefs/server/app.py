@@ -13,8 +13,7 @@ import logging
 import os
 import re
 import uuid
-from pathlib import Path
-from typing import Annotated, Callable, Literal
+from typing import Annotated, BinaryIO, Callable, Literal
 
 import anyio
 import anyio.to_thread
@@ -45,6 +44,7 @@ _GLUED_PREFIX = re.compile(r"^/*(artifacts|sim_dir)([^/].*)$")
 
 
 _UPLOAD_BATCH = 1024 * 1024
+ArchiveOpener = Callable[[], BinaryIO]  # opens an archive's bytes for reading; a context manager
 # Accepted on every storage endpoint; this server has one region and ignores the provider.
 Region = Annotated[str | None, Query()]
 Provider = Annotated[str | None, Query()]
@@ -131,21 +131,23 @@ class StorageService:
 
     # -- archives ------------------------------------------------------------------------
 
-    def archive(self, path: str) -> tuple[Path, ZipIndex]:
+    def archive(self, path: str) -> tuple[ArchiveOpener, ZipIndex]:
+        """The archive's index and a way to open its bytes: routes read local headers through
+        the opener and never learn where the archive is kept."""
         local, entry = self.store.open_file(path)
         if not entry.path.lower().endswith(".zip"):
             raise InvalidRequest(f"not a .zip archive: {entry.path}")
-        return local, self.zips.get(local)
+        return lambda: local.open("rb"), self.zips.get(local)
 
     def zip_listing(self, path: str, zip_relative_path: str, recursive: bool) -> dict:
         """The ``ZipListing`` JSON, built directly: 1e5 entries are 1e5 dicts, not objects too."""
-        local, index = self.archive(path)
+        opener, index = self.archive(path)
         items = index.list(zip_relative_path, recursive)
         if not items:
             glued = _GLUED_PREFIX.match(zip_relative_path or "")
             if glued:
                 items = index.list(f"{glued[1]}/{glued[2]}", recursive)
-        with open(local, "rb") as handle:
+        with opener() as handle:
             starts = data_offsets(handle, [m for _, m in items if m is not None], index.size)
         starts.reverse()  # popped in listing order below
         times: dict[DosTime, str | None] = {}  # DOS times have a 2 s step: many members share one
@@ -155,7 +157,7 @@ class StorageService:
         return {"size": index.size, "contents": entries}
 
     def zip_range(self, path: str, filename: str, zip_relative_path: str) -> protocol.ZipRange:
-        local, index = self.archive(path)
+        opener, index = self.archive(path)
         name = protocol.clean_path(filename)
         try:
             member = index.member(protocol.zip_dir_prefix(zip_relative_path) + name)
@@ -166,7 +168,7 @@ class StorageService:
             member = index.member(f"{glued[1]}/{glued[2]}/{name}")
         if member.name.endswith("/"):
             raise InvalidRequest(f"{member.name} is a folder inside the archive, not a file")
-        with open(local, "rb") as handle:
+        with opener() as handle:
             start = data_offset(handle, member, index.size)
         return protocol.ZipRange(range_start=start, range_end=start + member.compressed_size - 1,
                                  compress_type=member.compress_type)
