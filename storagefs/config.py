@@ -26,6 +26,13 @@ class ServerConfig:
 
     root: Path
     host: str = "127.0.0.1"
+    # s3://BUCKET[/PREFIX]: the storage is there instead of in ``root`` (server/s3store.py).
+    store: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    # Upload URLs point at this server, which streams the bytes on into the bucket: for clients
+    # that send chunked PUTs, which S3 refuses on its own URLs (411) and GCS accepts.
+    uploads_through_server: bool = False
     port: int = 8000
     api_keys: tuple[str, ...] = ()
     region: str = "local"

@@ -61,7 +61,8 @@ def start_server(root: Path, log_dir: Path, *extra: str, api_key: str = "test-ke
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = log_dir / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "storagefs", "serve", str(root), "--host", "127.0.0.1",
+    where = () if "--store" in extra else (str(root),)  # a bucket instead of the folder
+    cmd = [sys.executable, "-m", "storagefs", "serve", *where, "--host", "127.0.0.1",
            "--port", str(port), "--api-key", api_key,
            *(() if "--workers" in extra else ("--workers", "1")), *extra]
     process = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)

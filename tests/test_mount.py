@@ -36,6 +36,7 @@ from archives import (MissingTool, RawEntry, build_7zz, build_legacy_names, buil
                       build_stream_zip, build_zip_cli, mixed_bytes, sample_files, text_bytes,
                       write_raw_zip)
 from fakes import FakeStorage
+from s3harness import sync_store
 from mountharness import (assert_clean_log, force_unmount, foreground_mount, mount_args,
                           object_reads, require_fuse, storagefs)
 
@@ -284,6 +285,7 @@ def served(server, tmp_path_factory) -> Served:
     write_raw_zip(bad / "hostile.zip", [RawEntry(b"../../escape.txt", b"out"),
                                         RawEntry(b"/abs/root.txt", b"abs"),
                                         RawEntry(b"ok/fine.txt", b"fine")])
+    sync_store(server)  # a server on a bucket: what was written into its root goes up
     return result
 
 

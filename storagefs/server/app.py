@@ -13,9 +13,10 @@ import logging
 import os
 import re
 import uuid
-from typing import Annotated, BinaryIO, Callable, Literal
+from typing import Annotated, BinaryIO, Callable, Iterator, Literal
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -31,10 +32,11 @@ from .indexcache import IndexCache
 from .listingcache import CachedListings, ListingCache
 from .metrics import Metrics, MetricsMiddleware
 from .objectreads import ObjectReads
-from .operations import Operations, remove_stale_runs
+from .operations import FolderRecords, Operations, Records, remove_stale_runs
 from .remote import check_outbound_url, export_multipart, fetch_into
+from .s3store import BucketRecords, S3Location, S3Store
 from .signing import OBJECT_PREFIX, Signer
-from .store import RESERVED, Entry, LocalStore
+from .store import RESERVED, Entry, LocalStore, Store, plan_copy
 from .zipindex import DosTime, Member, ZipIndex, data_offset, data_offsets
 
 log = logging.getLogger(__name__)
@@ -77,20 +79,48 @@ class OperationUpdate(BaseModel):
     error_message: str | None = None
 
 
+def open_store(config: ServerConfig) -> Store:
+    """The storage ``config`` names: its bucket (``--store``), else its folder."""
+    if config.store:
+        return S3Store(S3Location.parse(config.store, config.s3_endpoint_url, config.s3_region))
+    return LocalStore(config.root)
+
+
+class NoListingCache:
+    """Stands in for ``ListingCache`` on a bucket: another replica may change what a listing
+    shows at any time, so every listing asks the store."""
+
+    def validator(self, route: str, path: str) -> None:
+        return None
+
+    def put(self, route: str, query: bytes, path: str, validator: object, body: bytes) -> None:
+        return None
+
+
 class StorageService:
     """What the routes need, wired once per app: store, signer, ZIP index cache, operations."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.store = LocalStore(config.root)
+        self.store: Store = open_store(config)
+        # The folder store, when it is one: the server's own object URLs and fast paths.
+        self.local = self.store if isinstance(self.store, LocalStore) else None
         self.signer = Signer(config.signing_key, config.signed_url_ttl_s)
         self.zips = IndexCache(config.zip_index_cache_entries, config.max_zip_entries,
                                config.max_central_directory_bytes)
-        # One folder per start, shared by the worker processes forked from this one.
-        runs = self.store.root / RESERVED / "operations"
-        remove_stale_runs(runs)
-        self.listings = ListingCache(self.store)
-        self.operations = Operations(shared=runs / f"{os.getpid()}-{uuid.uuid4().hex}")
+        shared: Records
+        self.listings: ListingCache | NoListingCache
+        if self.local is not None:
+            # One folder per start, shared by the worker processes forked from this one.
+            runs = self.local.root / RESERVED / "operations"
+            remove_stale_runs(runs)
+            self.listings = ListingCache(self.local)
+            shared = FolderRecords(runs / f"{os.getpid()}-{uuid.uuid4().hex}")
+        else:
+            assert isinstance(self.store, S3Store)
+            self.listings = NoListingCache()
+            shared = BucketRecords(self.store)  # every replica on the bucket sees every record
+        self.operations = Operations(shared=shared)
         if not config.api_keys:
             raise ValueError("the server needs at least one API key")
         self.keys = tuple(k.encode() for k in config.api_keys)
@@ -107,6 +137,22 @@ class StorageService:
         if region is None or region == self.config.region or (allow_all and region == "all"):
             return
         raise NotFound(f"unknown region {region!r}; this server has {self.config.region!r}")
+
+    def signed_url(self, base_url: str, path: str, operation: str) -> str:
+        """The store's own presigned URL, or the server's (a folder's bytes pass through it,
+        and a bucket's uploads with ``uploads_through_server``)."""
+        if operation == protocol.OPERATION_UPLOAD and self.config.uploads_through_server:
+            return self.signer.url(base_url, path, operation)
+        return (self.store.presign(path, operation, self.config.signed_url_ttl_s)
+                or self.signer.url(base_url, path, operation))
+
+    def local_store(self) -> LocalStore:
+        """The folder store, for the server's own object URLs; a bucket's objects are read and
+        written through the store's URLs, never these."""
+        if self.local is None:
+            raise NotFound("this server hands out the store's own URLs; ask "
+                           "/storage/signed-urls for one")
+        return self.local
 
     # -- listings ------------------------------------------------------------------------
 
@@ -134,10 +180,21 @@ class StorageService:
     def archive(self, path: str) -> tuple[ArchiveOpener, ZipIndex]:
         """The archive's index and a way to open its bytes: routes read local headers through
         the opener and never learn where the archive is kept."""
-        local, entry = self.store.open_file(path)
+        entry = self.store.entry(path)
+        if entry.is_directory:
+            raise InvalidRequest(f"is a folder, not a file: {entry.path}")
         if not entry.path.lower().endswith(".zip"):
             raise InvalidRequest(f"not a .zip archive: {entry.path}")
-        return lambda: local.open("rb"), self.zips.get(local)
+        store = self.store
+
+        def opener() -> BinaryIO:
+            return store.open_entry(entry)
+
+        local = store.local_path(entry)
+        if local is not None:
+            return opener, self.zips.get(local)
+        size = entry.size or 0  # the bytes are elsewhere: the index is read by ranged GETs
+        return opener, self.zips.get_from(entry.path, (entry.version, size), size, opener)
 
     def zip_listing(self, path: str, zip_relative_path: str, recursive: bool) -> dict:
         """The ``ZipListing`` JSON, built directly: 1e5 entries are 1e5 dicts, not objects too."""
@@ -339,11 +396,10 @@ def create_app(config: ServerConfig) -> FastAPI:
                 clean = protocol.clean_path(path)
                 if not clean or protocol.names_directory(path):
                     raise InvalidRequest(f"upload needs a file path, not a folder: {path!r}")
-                service.store.resolve(clean)
-                targets.append(clean)
+                targets.append(service.store.check_path(clean))
         else:
             targets = [f.path for path in paths for f in service.store.iter_files(path)]
-        return [service.signer.url(base, target, operation) for target in targets]
+        return [service.signed_url(base, target, operation) for target in targets]
 
     def _verified(request: Request, path: str, op: str, expires: str, sig: str) -> str:
         service.signer.verify(request.method, path, op, expires, sig)
@@ -353,7 +409,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     def read_object(request: Request, path: str, op: str = "", expires: str = "",
                     sig: str = "") -> Response:
         _verified(request, path, op, expires, sig)
-        local, entry = service.store.open_file(path)
+        local, entry = service.local_store().open_file(path)
         return _FileResponse(local, media_type="application/octet-stream",
                              headers={"x-content-length": str(entry.size)})
 
@@ -362,7 +418,10 @@ def create_app(config: ServerConfig) -> FastAPI:
                            sig: str = "") -> Response:
         _verified(request, path, op, expires, sig)
         try:
-            written = await _store_stream(service.store, path, request)
+            if service.local is not None:
+                written = await _store_stream(service.local, path, request)
+            else:
+                written = await _relay_stream(service.store, path, request)
         except ClientDisconnect:
             log.info("upload of %s abandoned by the client; nothing stored", path)
             return Response(status_code=400)
@@ -380,7 +439,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @api.post(protocol.COPY)
     def copy(source: str, target: str, region: Region = None, provider_id: Provider = None) -> dict:
         service.check_region(region)
-        plan = service.store.copy_plan(source, target)
+        plan = plan_copy(service.store, source, target)
 
         def work(report: Callable[[dict], None]) -> dict:
             done = 0
@@ -401,7 +460,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         clean = protocol.clean_path(path)
         if not clean or protocol.names_directory(path):
             raise InvalidRequest(f"upload from URL needs a file path, not a folder: {path!r}")
-        service.store.resolve(clean)
+        service.store.check_path(clean)
 
         def work(report: Callable[[dict], None]) -> dict:
             return fetch_into(service.store, clean, url, allow_private=config.allow_private_urls,
@@ -412,7 +471,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @api.post(protocol.EXPORT_MULTIPART)
     def export(body: MultiPartExport, region: Region = None, provider_id: Provider = None) -> dict:
         service.check_region(region)
-        service.store.open_file(body.path)  # fail now, not in the background, when it is missing
+        service.store.open_read(body.path)[1].close()  # fail now, not later, when it is missing
         for url in {p.part_url for p in body.upload_parts} | {body.complete_multipart_url}:
             check_outbound_url(url, config.allow_private_urls)
         parts = [(p.part_number, p.part_url) for p in body.upload_parts]
@@ -441,7 +500,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return op.to_json()
 
     def bucket() -> dict:
-        return {"provider_id": config.provider_id, "name": config.root.name or "storage",
+        return {"provider_id": config.provider_id, "name": service.store.name,
                 "region": config.region, "is_internal": False}
 
     @api.get(protocol.DEFAULT_BUCKET)
@@ -468,8 +527,10 @@ def with_fast_paths(app: FastAPI) -> ASGIApp:
     reads, then stored listings; everything else, and every doubt, goes to ``app``."""
     service: StorageService = app.state.service
     metrics: Metrics = app.state.metrics
+    if service.local is None or not isinstance(service.listings, ListingCache):
+        return app  # a bucket: listings ask the store each time, its URLs carry the bytes
     listings = CachedListings(app, cache=service.listings, keys=service.keys, metrics=metrics)
-    return ObjectReads(listings, signer=service.signer, store=service.store, metrics=metrics)
+    return ObjectReads(listings, signer=service.signer, store=service.local, metrics=metrics)
 
 
 async def _store_stream(store: LocalStore, path: str, request: Request) -> int:
@@ -490,6 +551,27 @@ async def _store_stream(store: LocalStore, path: str, request: Request) -> int:
         return await anyio.to_thread.run_sync(writer.commit)
     finally:
         writer.discard()
+
+
+async def _relay_stream(store: Store, path: str, request: Request) -> int:
+    """Pass the request body on to ``store.write`` (a multipart upload to a bucket) in about
+    1 MiB batches, without holding it in memory; a body cut short stores nothing."""
+    body = request.stream().__aiter__()
+
+    async def next_batch() -> bytes | None:
+        buffer = bytearray()
+        while len(buffer) < _UPLOAD_BATCH:
+            try:
+                buffer += await body.__anext__()
+            except StopAsyncIteration:
+                break
+        return bytes(buffer) if buffer else None
+
+    def batches() -> Iterator[bytes]:
+        while (batch := anyio.from_thread.run(next_batch)) is not None:
+            yield batch
+
+    return await anyio.to_thread.run_sync(store.write, path, batches())
 
 
 class CollapseSlashes:

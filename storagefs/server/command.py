@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..config import ServerConfig
-from ..errors import EXIT_ERROR, EXIT_OK
+from ..errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")  # what the official client accepts
 MAX_PORT = 65535
@@ -78,18 +78,43 @@ def _public_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _store_url(value: str) -> str:
+    if not value.startswith("s3://") or len(value) <= len("s3://") \
+            or value[len("s3://")] == "/":
+        raise argparse.ArgumentTypeError(f"expected s3://BUCKET or s3://BUCKET/PREFIX, "
+                                         f"got {value!r}")
+    return value
+
+
 def add_commands(subparsers) -> None:
     """Registers ``serve``."""
     p = subparsers.add_parser(
-        "serve", help="serve a folder as Inductiva-compatible storage",
-        description="Serve ROOT over the Inductiva storage REST protocol. The URL is printed "
-                    "once the server listens; Ctrl-C stops it.",
+        "serve", help="serve a folder or an S3 bucket as Inductiva-compatible storage",
+        description="Serve ROOT (or the bucket named by --store) over the Inductiva storage "
+                    "REST protocol. The URL is printed once the server listens; Ctrl-C stops "
+                    "it.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
 examples:
   storagefs serve ./store --api-key my.key       # http://127.0.0.1:8000
   storagefs serve ./store --port 0               # any free port, printed at start
-  storagefs serve /srv/data --host 0.0.0.0 --port 9000 --signing-key-file key.bin""")
-    p.add_argument("root", type=Path, help="folder to serve (created if missing)")
+  storagefs serve /srv/data --host 0.0.0.0 --port 9000 --signing-key-file key.bin
+  storagefs serve --store s3://my-bucket/team   # AWS credentials from the usual places
+  storagefs serve --store s3://demo --s3-endpoint-url http://127.0.0.1:9000  # MinIO, ...""")
+    p.add_argument("root", type=Path, nargs="?",
+                   help="folder to serve (created if missing); not with --store")
+    p.add_argument("--store", type=_store_url, metavar="s3://BUCKET[/PREFIX]",
+                   help="serve this bucket (or prefix of it) instead of a folder; clients read "
+                   "and write through the store's own presigned URLs")
+    p.add_argument("--s3-endpoint-url", type=_public_url, metavar="URL",
+                   help="the S3 API's address for a store other than AWS (Google Cloud Storage: "
+                   "https://storage.googleapis.com; MinIO, Ceph RGW: theirs)")
+    p.add_argument("--uploads-through-server", action="store_true",
+                   help="with --store: upload URLs point at this server, which streams the "
+                   "bytes into the bucket (for clients that send chunked PUTs, such as the "
+                   "official inductiva client: S3 refuses those on its own URLs)")
+    p.add_argument("--s3-region", metavar="NAME",
+                   help="the bucket's region (default: from the AWS configuration, else "
+                   "us-east-1)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=_port, default=8000,
@@ -188,9 +213,40 @@ def _url_host(host: str) -> str:
 
 # -- the verb -----------------------------------------------------------------------------------
 
-def run_serve(args: argparse.Namespace) -> int:
+def check_store(url: str, endpoint_url: str | None, region: str | None) -> None:
+    """The bucket answers a listing with these credentials, or one line on what to fix."""
     try:
-        check_root(args.root)
+        import boto3  # noqa: F401
+    except ImportError:
+        raise ServeError("serving from S3 needs boto3: pip install 'storagefs[s3]'") from None
+    from ..errors import StorageError
+    from .s3store import S3Location, S3Store
+
+    try:
+        S3Store(S3Location.parse(url, endpoint_url, region)).check()
+    except StorageError as exc:
+        raise ServeError(f"cannot serve {url}: {exc}") from None
+    except Exception as exc:  # botocore's own: no credentials, a malformed endpoint...
+        raise ServeError(f"cannot serve {url}: {exc}; set AWS_ACCESS_KEY_ID and "
+                         "AWS_SECRET_ACCESS_KEY (or a profile) for the store") from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if (args.root is None) == (args.store is None):
+        print("storagefs serve: name a folder to serve or --store s3://BUCKET, not "
+              f"{'both' if args.root else 'neither'}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.store is None and (args.s3_endpoint_url or args.s3_region
+                               or args.uploads_through_server):
+        print("storagefs serve: --s3-endpoint-url, --s3-region and --uploads-through-server go "
+              "with --store s3://BUCKET", file=sys.stderr)
+        return EXIT_USAGE
+    where = args.store or str(args.root)
+    try:
+        if args.store:
+            check_store(args.store, args.s3_endpoint_url, args.s3_region)
+        else:
+            check_root(args.root)
         signing_key = read_signing_key(args.signing_key_file)
         require_server_extras()
         listener = listen(args.host, args.port)
@@ -202,7 +258,10 @@ def run_serve(args: argparse.Namespace) -> int:
         keys = tuple(args.api_keys) or (secrets.token_urlsafe(24),)
         if signing_key is None and args.workers > 1:
             signing_key = secrets.token_bytes(32)  # one key, made before the workers fork
-        config = ServerConfig(root=args.root, host=args.host, port=port, api_keys=keys,
+        config = ServerConfig(root=args.root or Path("."), store=args.store,
+                              s3_endpoint_url=args.s3_endpoint_url, s3_region=args.s3_region,
+                              uploads_through_server=args.uploads_through_server,
+                              host=args.host, port=port, api_keys=keys,
                               region=args.region, public_url=args.public_url,
                               signing_key=signing_key, signed_url_ttl_s=args.url_ttl,
                               allow_private_urls=args.allow_private_urls)
@@ -216,7 +275,7 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             app = prepare(config)
         except OSError as exc:
-            print(f"storagefs serve: cannot serve {args.root}: {exc.strerror or exc}"
+            print(f"storagefs serve: cannot serve {where}: {exc.strerror or exc}"
                   f"{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
             return EXIT_ERROR
         if not args.api_keys:
@@ -224,7 +283,7 @@ def run_serve(args: argparse.Namespace) -> int:
         url = f"http://{_url_host(args.host)}:{port}"
 
         def announce() -> None:
-            print(f"storagefs serve: {args.root} on {url} (Ctrl-C stops it)", flush=True)
+            print(f"storagefs serve: {where} on {url} (Ctrl-C stops it)", flush=True)
 
         if args.workers == 1:
             run(app, config, listener, on_listening=announce)

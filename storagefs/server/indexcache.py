@@ -11,6 +11,7 @@ import os
 import pathlib
 import stat as _stat
 import threading
+from typing import BinaryIO, Callable
 
 from cachetools import LRUCache
 
@@ -50,6 +51,22 @@ class IndexCache:
             raise InvalidRequest(f"{path} is a directory, not an archive") from None
         with self._lock:
             self._items[key] = (stat.st_size, stat.st_mtime_ns, index)
+        return index
+
+    def get_from(self, key: str, version: tuple, size: int,
+                 open_file: Callable[[], BinaryIO]) -> ZipIndex:
+        """The index of an archive kept elsewhere (an object store): ``key`` names it,
+        ``version`` tells its contents apart (an ETag), ``open_file`` opens its bytes."""
+        cache_key = f"{key}\0{version!r}"
+        with self._lock:
+            item = self._items.get(cache_key)
+        if item is not None:
+            return item[2]
+        with open_file() as f:
+            index = read_index(f, size, max_entries=self._max_zip_entries,
+                               max_cd_bytes=self._max_cd_bytes)
+        with self._lock:
+            self._items[cache_key] = (size, 0, index)
         return index
 
     def _lookup(self, key: str, size: int, mtime_ns: int) -> ZipIndex | None:

@@ -4,11 +4,12 @@ Work runs on a small thread pool; its state is an immutable ``protocol.Operation
 every change, so readers never see a half-updated record. Finished records are kept up to a
 bound, oldest dropped first.
 
-With several server processes (``serve --workers``) a poll may reach a process other than the
-one running the work, so each record is also written, atomically, as JSON in a folder the
-processes share (the server's state folder, one sub-folder per start): a process answers for an
-operation it does not hold from that file. Progress is written at most every half second,
-status changes at once.
+With several server processes (``serve --workers``, or replicas of a server on one bucket) a
+poll may reach a process other than the one running the work, so each record is also written
+as JSON where the processes share it (``Records``): a folder in the server's state folder (one
+sub-folder per start), or objects under the bucket's reserved prefix (``s3store``). A process
+answers for an operation it does not hold from that copy. Progress is written at most every
+half second, status changes at once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from ..errors import NotFound, StorageError
 from ..protocol import Operation
@@ -55,6 +56,61 @@ def remove_stale_runs(parent: Path) -> None:
             pass  # alive, someone else's
 
 
+class Records(Protocol):
+    """Where the processes of one server share operation records, as JSON text by id."""
+
+    def put(self, op_id: str, text: str) -> None:
+        """Store a record whole (a reader never sees half of one); OSError when it cannot."""
+        ...
+
+    def get(self, op_id: str) -> str | None:
+        ...
+
+    def delete(self, op_id: str) -> None:
+        ...
+
+    def recent(self, limit: int) -> list[str]:
+        """Up to ``limit`` records, the most recently written first."""
+        ...
+
+
+class FolderRecords:
+    """Records as files in a folder; private, since an upload-from-URL record holds the URL,
+    which may carry a token."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def put(self, op_id: str, text: str) -> None:
+        staged = self._folder / f".{op_id}.{os.getpid()}.{threading.get_ident()}"
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(staged, self._folder / f"{op_id}.json")
+
+    def get(self, op_id: str) -> str | None:
+        try:
+            return (self._folder / f"{op_id}.json").read_text()
+        except OSError:
+            return None
+
+    def delete(self, op_id: str) -> None:
+        (self._folder / f"{op_id}.json").unlink(missing_ok=True)
+
+    def recent(self, limit: int) -> list[str]:
+        found = []
+        for entry in os.scandir(self._folder):
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                try:
+                    found.append((entry.stat().st_mtime, entry.name[:-5]))
+                except OSError:
+                    continue
+        found.sort(reverse=True)
+        texts = (self.get(op_id) for _, op_id in found[:limit])
+        return [text for text in texts if text is not None]
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -62,7 +118,7 @@ def _now() -> dt.datetime:
 class Operations:
     """The operations of one server, newest last, at most ``keep`` of them."""
 
-    def __init__(self, workers: int = 4, keep: int = 1000, shared: Path | None = None) -> None:
+    def __init__(self, workers: int = 4, keep: int = 1000, shared: Records | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="operation")
         # In start order, the oldest dropped first. Not a cachetools.FIFOCache: that moves a
         # key to the end when its value is replaced, and every progress report replaces one.
@@ -72,8 +128,6 @@ class Operations:
         self._keep = keep
         self._shared = shared
         self._written: dict[str, float] = {}  # when each record was last written
-        if shared is not None:
-            shared.mkdir(parents=True, exist_ok=True)
 
     # -- the shared copies ---------------------------------------------------------------
 
@@ -84,39 +138,42 @@ class Operations:
         if progress and now - self._written.get(op.id, 0.0) < PROGRESS_WRITE_S:
             return
         self._written[op.id] = now
-        target = self._shared / f"{op.id}.json"
-        staged = self._shared / f".{op.id}.{os.getpid()}.{threading.get_ident()}"
         try:
-            # Private: an upload-from-URL record holds the URL, which may carry a token.
-            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(op.to_json()))
-            os.replace(staged, target)
-        except OSError as exc:  # the state folder is full or gone: polls elsewhere may miss it
+            self._shared.put(op.id, json.dumps(op.to_json()))
+        except Exception as exc:  # the shared place is full or gone: polls elsewhere may miss it
             log.warning("cannot record operation %s: %s", op.id, exc)
 
     def _read(self, op_id: str) -> Operation | None:
         if self._shared is None or not op_id.isalnum():
             return None
         try:
-            return Operation.from_json(json.loads((self._shared / f"{op_id}.json").read_text()))
+            text = self._shared.get(op_id)
+            return None if text is None else Operation.from_json(json.loads(text))
         except (OSError, ValueError, StorageError):
             return None
 
     def _forget(self, op_id: str) -> None:
         self._written.pop(op_id, None)
         if self._shared is not None:
-            (self._shared / f"{op_id}.json").unlink(missing_ok=True)
+            try:
+                self._shared.delete(op_id)
+            except Exception as exc:
+                log.warning("cannot remove the record of operation %s: %s", op_id, exc)
 
-    def _all_shared(self) -> list[Operation]:
+    def _recent_shared(self, limit: int) -> list[Operation]:
         if self._shared is None:
             return []
         found = []
-        for name in os.listdir(self._shared):
-            if name.endswith(".json") and not name.startswith("."):
-                op = self._read(name[:-5])
-                if op is not None:
-                    found.append(op)
+        try:
+            texts = self._shared.recent(limit)
+        except Exception as exc:
+            log.warning("cannot read the shared operation records: %s", exc)
+            return []
+        for text in texts:
+            try:
+                found.append(Operation.from_json(json.loads(text)))
+            except (ValueError, StorageError):
+                continue
         return found
 
     def start(self, name: str, attributes: dict, work: Work) -> Operation:
@@ -186,7 +243,7 @@ class Operations:
         with self._lock:
             held = list(self._ops.values())
         if self._shared is not None:
-            merged = {op.id: op for op in self._all_shared()}
+            merged = {op.id: op for op in self._recent_shared(page * per_page)}
             merged.update((op.id, op) for op in held)
             held = sorted(merged.values(), key=lambda op: op.start_time or _now())
         ops = list(reversed(held))

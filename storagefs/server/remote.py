@@ -18,7 +18,7 @@ from xml.sax.saxutils import escape
 import requests
 
 from ..errors import InvalidRequest, PermissionDenied, TransferError
-from .store import LocalStore
+from .store import Store
 
 CHUNK = 1024 * 1024
 MAX_REDIRECTS = 5
@@ -48,7 +48,7 @@ def check_outbound_url(url: str, allow_private: bool) -> None:
                 "start the server with --allow-private-urls to allow it")
 
 
-def fetch_into(store: LocalStore, path: str, url: str, *, allow_private: bool,
+def fetch_into(store: Store, path: str, url: str, *, allow_private: bool,
                timeout_s: float, report: Callable[[dict], None]) -> dict:
     """GET ``url`` (following checked redirects) and store the body atomically at ``path``."""
     with requests.Session() as session:
@@ -84,16 +84,16 @@ def fetch_into(store: LocalStore, path: str, url: str, *, allow_private: bool,
     return {"bytes": written, "path": path}
 
 
-def export_multipart(store: LocalStore, path: str, parts_size: int, parts: list[tuple[int, str]],
+def export_multipart(store: Store, path: str, parts_size: int, parts: list[tuple[int, str]],
                      complete_url: str, *, allow_private: bool, timeout_s: float,
                      report: Callable[[dict], None]) -> dict:
     """PUT each part to its presigned URL, then POST the completion (docs/protocol.md §5)."""
-    local, entry = store.open_file(path)
-    size = entry.size or 0
     for url in {url for _, url in parts} | {complete_url}:
         check_outbound_url(url, allow_private)
+    entry, handle = store.open_read(path)
+    size = entry.size or 0
     etags: list[tuple[int, str]] = []
-    with open(local, "rb") as handle, requests.Session() as session:
+    with handle, requests.Session() as session:
         for number, url in sorted(parts):
             start = (number - 1) * parts_size
             if start >= size and not (number == 1 and size == 0):

@@ -1,9 +1,14 @@
-"""A local folder seen as one user's object storage: path safety, listings, atomic writes.
+"""One user's object storage as the routes see it (``Store``), and its folder implementation.
 
-Storage paths never leave the root: ``..`` is refused by ``protocol.clean_path`` and symlinks are
-resolved and checked against the root. Writes go to a temporary file under the root's reserved
-``.storagefs/`` folder and are renamed into place only when complete, so a reader never sees a
-partial file and a failed upload never damages the file it was replacing.
+``Store`` is what every route needs, whatever keeps the bytes: a local folder (``LocalStore``,
+here) or an S3 bucket (``s3store.S3Store``). Storage paths reach a store only through
+``protocol.clean_path`` (no ``..``, no NUL) and never name the reserved ``.storagefs/`` folder,
+so no parameter addresses anything outside the root or prefix.
+
+In a folder, storage paths never leave the root: ``..`` is refused by ``protocol.clean_path``
+and symlinks are resolved and checked against the root. Writes go to a temporary file under
+the root's reserved ``.storagefs/`` folder and are renamed into place only when complete, so a
+reader never sees a partial file and a failed upload never damages the file it was replacing.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, Protocol
 
 from ..errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from ..protocol import clean_path
@@ -26,12 +31,14 @@ COPY_CHUNK = 1024 * 1024
 
 @dataclass(frozen=True)
 class Entry:
-    """A file or folder of the storage; ``path`` is its clean storage path."""
+    """A file or folder of the storage; ``path`` is its clean storage path; ``version`` tells
+    one content of a file from another where the store says so (an S3 ETag), else None."""
 
     path: str
     is_directory: bool
     size: int | None
     mtime: dt.datetime | None
+    version: str | None = None
 
     @property
     def name(self) -> str:
@@ -39,13 +46,100 @@ class Entry:
         return base + "/" if self.is_directory else base
 
 
+class Store(Protocol):
+    """What the routes need from a storage; every path is a storage path, cleaned inside."""
+
+    @property
+    def name(self) -> str:
+        """The storage's name as the bucket routes report it."""
+        ...
+
+    def entry(self, path: str) -> Entry:
+        """The file or folder at ``path``; NotFound when there is none."""
+        ...
+
+    def children(self, path: str) -> list[Entry]:
+        """Direct children of a folder; Conflict when ``path`` is a file."""
+        ...
+
+    def folder_totals(self, path: str) -> tuple[int, dt.datetime | None]:
+        """Total bytes under a folder and its newest file's time."""
+        ...
+
+    def iter_files(self, path: str) -> Iterator[Entry]:
+        """Every file under a folder, or the file itself."""
+        ...
+
+    def total_size(self) -> int:
+        ...
+
+    def check_path(self, path: str) -> str:
+        """The clean path, if it names a place in this storage (nothing else is checked: a
+        write there may still find a folder in the way)."""
+        ...
+
+    def check_writable(self, path: str) -> str:
+        """The clean path, if a file may be written there (not the root, not a folder)."""
+        ...
+
+    def write(self, path: str, chunks: Iterable[bytes]) -> int:
+        """Store the chunks as the file ``path``, whole or not at all; returns the bytes."""
+        ...
+
+    def remove(self, path: str) -> int:
+        """Delete a file or a folder recursively; returns the number of files removed."""
+        ...
+
+    def copy_file(self, source: str, target: str) -> int:
+        ...
+
+    def open_read(self, path: str) -> tuple[Entry, BinaryIO]:
+        """The file's entry and its bytes as a seekable binary file (the caller closes it)."""
+        ...
+
+    def open_entry(self, entry: Entry) -> BinaryIO:
+        """The bytes of the file ``entry`` names (as ``open_read``, without looking it up)."""
+        ...
+
+    def local_path(self, entry: Entry) -> Path | None:
+        """Where a file's bytes lie on this machine, if they do (the server's fast paths)."""
+        ...
+
+    def presign(self, path: str, operation: str, ttl_s: int) -> str | None:
+        """A URL of the store's own that reads or writes ``path``, or None when the server
+        serves the bytes itself (its own signed URLs, ``signing.Signer``)."""
+        ...
+
+
+def plan_copy(store: Store, source: str, target: str) -> list[tuple[str, str, int]]:
+    """(source file, target file, size) for a copy, checked before any byte moves."""
+    src, dst = clean_path(source), clean_path(target)
+    if not src:
+        raise InvalidRequest("cannot copy the storage root")
+    if not dst:
+        raise InvalidRequest("copy needs a target path")
+    entry = store.entry(src)
+    if not entry.is_directory:
+        store.check_writable(dst)
+        return [(src, dst, entry.size or 0)]
+    if dst == src or dst.startswith(src + "/"):
+        raise InvalidRequest(f"cannot copy a folder into itself: {src} -> {dst}")
+    return [(f.path, dst + f.path[len(src):], f.size or 0) for f in store.iter_files(src)]
+
+
 class LocalStore:
+    """A local folder as the storage (``storagefs serve DIR``)."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(os.path.realpath(root))
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = self.root / RESERVED / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.root.name or "storage"
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -126,6 +220,19 @@ class LocalStore:
     def total_size(self) -> int:
         return sum(entry.size or 0 for entry in self.iter_files(""))
 
+    def open_read(self, path: str) -> tuple[Entry, BinaryIO]:
+        local, entry = self.open_file(path)
+        return entry, local.open("rb")
+
+    def open_entry(self, entry: Entry) -> BinaryIO:
+        return self.resolve(entry.path).open("rb")
+
+    def local_path(self, entry: Entry) -> Path | None:
+        return self.resolve(entry.path)
+
+    def presign(self, path: str, operation: str, ttl_s: int) -> str | None:
+        return None
+
     # -- writing -----------------------------------------------------------------------------
 
     def _writable_target(self, path: str) -> tuple[str, Path]:
@@ -143,6 +250,14 @@ class LocalStore:
             where = probe.relative_to(self.root)
             raise Conflict(f"a file stands where a folder is needed: {where}")
         return clean, local
+
+    def check_path(self, path: str) -> str:
+        clean = clean_path(path)
+        self.resolve(clean)
+        return clean
+
+    def check_writable(self, path: str) -> str:
+        return self._writable_target(path)[0]
 
     def writer(self, path: str) -> "AtomicWriter":
         """A temporary file that becomes ``path`` on ``commit()`` and vanishes on ``discard()``."""
@@ -187,21 +302,6 @@ class LocalStore:
             except OSError:
                 return
             folder = folder.parent
-
-    def copy_plan(self, source: str, target: str) -> list[tuple[str, str, int]]:
-        """(source file, target file, size) for a copy, checked before any byte moves."""
-        src, dst = clean_path(source), clean_path(target)
-        if not src:
-            raise InvalidRequest("cannot copy the storage root")
-        if not dst:
-            raise InvalidRequest("copy needs a target path")
-        entry = self.entry(src)
-        if not entry.is_directory:
-            self._writable_target(dst)
-            return [(src, dst, entry.size or 0)]
-        if dst == src or dst.startswith(src + "/"):
-            raise InvalidRequest(f"cannot copy a folder into itself: {src} -> {dst}")
-        return [(f.path, dst + f.path[len(src):], f.size or 0) for f in self.iter_files(src)]
 
     def copy_file(self, source: str, target: str) -> int:
         local, _ = self.open_file(source)
