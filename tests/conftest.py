@@ -25,7 +25,8 @@ ON_EVERY_STORE = {"test_compat_inductiva.py": {"test_official_client_storage_cal
                   "test_storage.py": None,  # all of them
                   "test_mount.py": {"test_every_member_compares_equal",
                                     "test_grep_and_cp_out_of_an_archive",
-                                    "test_sqlite_database_inside_a_zip"}}
+                                    "test_sqlite_database_inside_a_zip",
+                                    "test_many_readers_at_once"}}
 # A proxy in front of the server cuts no download when the store serves the bytes.
 FOLDER_ONLY = {"test_interrupted_download_leaves_nothing_behind"}
 

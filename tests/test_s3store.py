@@ -257,7 +257,9 @@ def test_rclone_differs_as_real_stores_do(s3_services):
     assert requests.head(url, timeout=10).status_code == 403
 
 
-def test_serve_refusals_are_one_line(s3):
+def test_serve_refusals_are_one_line(s3_services):
+    s3 = s3_services("moto")
+
     def serve(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "storagefs", "serve", *args, "--port", "0"],
                               capture_output=True, text=True, timeout=60,
