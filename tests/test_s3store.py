@@ -19,7 +19,7 @@ from storagefs.errors import InvalidRequest, NotFound
 from storagefs.server import s3store
 from storagefs.server.remote import export_multipart
 from storagefs.server.s3store import S3Location, S3Store
-from storagefs.server.zipindex import read_index
+from storagefs.server.zipindex import data_offsets, read_index
 
 from s3harness import KINDS, credentials_env, start_s3_server
 from serverharness import KEY
@@ -131,6 +131,24 @@ def test_index_is_read_from_the_end_only(store):
         index = read_index(handle, entry.size or 0, max_entries=100, max_cd_bytes=MiB)
     assert len(index) == 4
     assert len(fetched) <= 3 and sum(fetched) < 200_000, fetched
+
+
+def test_local_headers_of_neighbours_come_in_few_gets(store):
+    """The data offsets of 300 small members (what a listing asks for) take a few GETs."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for i in range(300):
+            zf.writestr(f"out/f{i:03d}.txt", os.urandom(3000), zipfile.ZIP_STORED)
+    store.write("many.zip", [buffer.getvalue()])
+    entry, handle = store.open_read("many.zip")
+    with handle:
+        index = read_index(handle, entry.size or 0, max_entries=1000, max_cd_bytes=MiB)
+        before = handle.requests  # type: ignore[attr-defined]
+        starts = data_offsets(handle, index.members, index.size)
+        gets = handle.requests - before  # type: ignore[attr-defined]
+    with zipfile.ZipFile(buffer) as zf:
+        assert starts == [i.header_offset + 30 + len(i.filename) for i in zf.infolist()]
+    assert gets <= 6, gets
 
 
 def test_hostile_paths_reach_nothing_outside_the_prefix(srv, s3, unique):
