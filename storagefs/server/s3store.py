@@ -94,7 +94,7 @@ def make_client(location: S3Location) -> Any:
 @contextlib.contextmanager
 def calling(what: str) -> Iterator[None]:
     """The store's refusals as this project's errors, each saying what to check."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     try:
         yield
@@ -103,6 +103,9 @@ def calling(what: str) -> Iterator[None]:
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         raise _translated(code, status, what, str(error.get("Message", ""))) from None
+    except NoCredentialsError:
+        raise PermissionDenied("no S3 credentials found: set AWS_ACCESS_KEY_ID and "
+                               "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, for the server") from None
     except BotoCoreError as exc:
         raise TransferError(f"cannot reach the store for {what}: {exc}; check "
                             "--s3-endpoint-url and the network") from None
