@@ -89,7 +89,7 @@ def _store_url(value: str) -> str:
 def add_commands(subparsers) -> None:
     """Registers ``serve``."""
     p = subparsers.add_parser(
-        "serve", help="serve a folder or an S3 bucket as Inductiva-compatible storage",
+        "serve", help="serve a folder or S3 bucket as Inductiva storage",
         description="Serve ROOT (or the bucket named by --store) over the Inductiva storage "
                     "REST protocol. The URL is printed once the server listens; Ctrl-C stops "
                     "it.",
