@@ -3,8 +3,9 @@
 Each mount stages in its own folder ``<write dir>/staging/<pid>/``; every copy is a data file
 and a small JSON note naming the storage path it is for, written when the copy is made, so a
 mount that died with files open leaves copies the next mount can still place (``orphans``).
-A write is accepted only while the staging disk keeps ``min_free`` bytes free and the file
-stays within ``max_size``: a full disk answers ENOSPC to the writer, never a short copy.
+A write is accepted only while the staging disk keeps ``min_free`` bytes free (5 % of a disk
+smaller than 20 times that) and the file stays within ``max_size``: a full disk answers
+ENOSPC to the writer, and a copy that missed a write is never uploaded.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ class Staging:
             return
         fs = os.statvfs(self.folder)
         free = fs.f_bavail * fs.f_frsize
-        if free - growth < self.min_free:
+        reserve = min(self.min_free, fs.f_blocks * fs.f_frsize // 20)  # a small disk: 5 %
+        if free - growth < reserve:
             raise StagingFull(f"{path}: the staging folder {self.folder} is full "
                               f"({free} bytes free); free space there or pass --write-dir")
 
