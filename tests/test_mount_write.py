@@ -181,12 +181,13 @@ def test_two_writers_of_one_path_last_close_wins(server, unique, tmp_path):
 
 
 def _tree(folder: Path, count: int, seed: int, big: int = 0) -> dict[str, bytes]:
-    """``count`` files of mixed sizes in nested folders (``big`` of 1 to 3 MiB)."""
+    """``count`` files of mixed sizes in nested folders (``big`` of 1 to 3 MiB, the first of
+    20 MiB)."""
     rng = random.Random(seed)
     files = {}
     for i in range(count):
         size = rng.choice([0, 1, 100, 4095, 4096, 70_000]) if i >= big else \
-            rng.randint(1 << 20, 3 << 20)
+            20 << 20 if i == 0 else rng.randint(1 << 20, 3 << 20)
         rel = f"d{i % 7}/s{i % 3}/file{i}.dat"
         files[rel] = rng.randbytes(size)
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -200,20 +201,22 @@ def _digest_tree(folder: Path) -> dict[str, str]:
 
 
 def test_cp_rsync_tar_mv_and_download_are_byte_identical(server, unique, tmp_path):
-    source = tmp_path / "src"
-    files = _tree(source, 300, seed=1, big=4)
+    source, small = tmp_path / "src", tmp_path / "small"
+    files = _tree(source, 1000, seed=1, big=4)
+    _tree(small, 150, seed=2, big=1)
     (server.root / unique).mkdir()
     with rw_mount(server, tmp_path):
         top = tmp_path / "mnt" / unique
         subprocess.run(["cp", "-r", str(source), str(top / "copied")], check=True)
-        subprocess.run(["rsync", "-a", f"{source}/", str(top / "synced")], check=True)
+        subprocess.run(["rsync", "-a", f"{small}/", str(top / "synced")], check=True)
         with tarfile.open(tmp_path / "t.tar", "w") as tar:
-            tar.add(source, arcname="untarred")
+            tar.add(small, arcname="untarred")
         subprocess.run(["tar", "xf", str(tmp_path / "t.tar"), "-C", str(top)], check=True)
         subprocess.run(["mv", str(top / "untarred"), str(top / "moved")], check=True)
-        expected = _digest_tree(source)
-        for name in ("copied", "synced", "moved"):
-            assert _digest_tree(top / name) == expected, name
+        expected, expected_small = _digest_tree(source), _digest_tree(small)
+        assert _digest_tree(top / "copied") == expected
+        for name in ("synced", "moved"):
+            assert _digest_tree(top / name) == expected_small, name
         assert not (top / "untarred").exists()
         subprocess.run(["rm", "-rf", str(top / "synced")], check=True)
         assert not (top / "synced").exists()
@@ -223,9 +226,9 @@ def test_cp_rsync_tar_mv_and_download_are_byte_identical(server, unique, tmp_pat
     assert done.returncode == 0, done.stderr
     downloaded = next(p for p in (tmp_path / "dl").rglob("copied") if p.is_dir())
     assert _digest_tree(downloaded) == expected
-    assert _digest_tree(server.root / unique / "moved") == expected
+    assert _digest_tree(server.root / unique / "moved") == expected_small
     assert not (server.root / unique / "synced").exists()
-    assert len(files) == 300
+    assert len(files) == 1000
     assert_clean_log(tmp_path / "mount.log")
 
 
