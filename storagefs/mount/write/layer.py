@@ -68,6 +68,9 @@ class WriteLayer:
                  settings: WriteSettings, region: str | None = None) -> None:
         self.vfs = vfs
         self.settings = settings
+        for folder in (settings.folder, settings.folder / "staging"):  # new content: private
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
         self.staging = Staging(settings.folder / "staging", max_size=settings.max_size,
                                min_free=settings.min_free, origin=settings.origin)
         self.recovery = RecoveryFolder(settings.folder / "recovery", settings.origin)
