@@ -10,6 +10,7 @@ import os
 import random
 import sqlite3
 import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mountharness import assert_clean_log, foreground_mount, require_fuse, storagefs
+from mountharness import (assert_clean_log, force_unmount, foreground_mount, require_fuse,
+                          storagefs)
 
 
 @pytest.fixture(autouse=True)
@@ -275,3 +277,33 @@ def test_editor_save_pattern_and_sqlite(server, unique, tmp_path):
     conn.close()
     assert sorted(p.name for p in (server.root / unique).iterdir()) == ["input.cfg", "runs.db"]
     assert_clean_log(tmp_path / "mount.log")
+
+
+def test_fstab_rw_in_the_background(server, unique, tmp_path):
+    """``mount.storagefs -o rw``: the background mount (a child started by the supervisor)
+    is writable too; without ``rw`` it is read-only."""
+    (server.root / unique).mkdir()
+    key_file = tmp_path / "key"
+    key_file.write_text(server.api_key)
+    for writable, name in ((True, "rw"), (False, "ro")):
+        mnt, log = tmp_path / name, tmp_path / f"{name}.log"
+        mnt.mkdir()
+        options = f"api_key_file={key_file},log_file={log},write_dir={tmp_path / 'wd'}" + \
+            (",rw" if writable else "")
+        result = subprocess.run([sys.executable, "-m", "storagefs.mount.command", server.url,
+                                 str(mnt), "-o", options], capture_output=True, text=True,
+                                timeout=60)
+        try:
+            assert result.returncode == 0, result.stderr
+            target = mnt / unique / f"{name}.txt"
+            if writable:
+                target.write_text("written in the background")
+                assert stored(server, f"{unique}/rw.txt") == b"written in the background"
+            else:
+                with pytest.raises(OSError) as info:
+                    target.write_text("no")
+                assert info.value.errno == errno.EROFS
+        finally:
+            assert storagefs("umount", str(mnt)).returncode == 0
+            force_unmount(mnt)
+        assert_clean_log(log)

@@ -190,3 +190,42 @@ def test_unmount_waits_for_uploads(make_server, tmp_path):
             err = process.stderr.read() if process.stderr else ""
     assert (server.root / "w" / "late.bin").read_bytes() == data, err
     assert kept(tmp_path) == {}
+
+
+def test_write_max_size(server, tmp_path):
+    (server.root / "limits").mkdir(exist_ok=True)
+    (server.root / "limits" / "f.bin").write_bytes(b"old")
+    with rw_mount(server, tmp_path, "--write-max-size", "1M"):
+        path = tmp_path / "mnt" / "limits" / "f.bin"
+        (tmp_path / "mnt" / "limits" / "ok.bin").write_bytes(b"x" * (1 << 20))
+        with pytest.raises(OSError) as info:
+            path.write_bytes(b"y" * ((1 << 20) + 1))
+        assert info.value.errno == errno.EFBIG
+        assert (server.root / "limits" / "f.bin").read_bytes() == b"old"
+        assert (server.root / "limits" / "ok.bin").stat().st_size == 1 << 20
+    assert kept(tmp_path) == {}
+
+
+def test_mount_killed_with_a_file_open(server, tmp_path):
+    """A copy left open by a mount that died may be incomplete: the next mount keeps and
+    reports it, and never uploads it on its own."""
+    (server.root / "killed").mkdir(exist_ok=True)
+    (server.root / "killed" / "f.txt").write_text("old")
+    with rw_mount(server, tmp_path) as process:
+        handle = open(tmp_path / "mnt" / "killed" / "f.txt", "w")
+        handle.write("half of the new")
+        handle.flush()
+        process.kill()
+        process.wait(10)
+        try:
+            handle.close()
+        except OSError:
+            pass
+    assert (server.root / "killed" / "f.txt").read_text() == "old"
+    with rw_mount(server, tmp_path):
+        assert (tmp_path / "mnt" / "killed" / "f.txt").read_text() == "old"
+    notes = [json.loads(p.read_text()) for p in (tmp_path / "wd" / "recovery").glob("*.json")]
+    assert [(n["path"], n["closed"]) for n in notes] == [("killed/f.txt", False)]
+    assert kept(tmp_path) == {"killed/f.txt": b"half of the new"}
+    assert "open when an earlier mount ended" in (tmp_path / "mnt.log").read_text()
+    assert (server.root / "killed" / "f.txt").read_text() == "old"

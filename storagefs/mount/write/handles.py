@@ -33,8 +33,13 @@ class WriteHandle:
         self.lock = threading.RLock()  # writes wait while the copy is being uploaded
 
     def size(self) -> int:
-        with self.lock:  # (a closed copy: its size when closed)
-            return self._closed_size if self.closed else os.fstat(self.fd).st_size
+        """Without the lock, which an upload holds: ``stat`` does not wait for one."""
+        if not self.closed:
+            try:
+                return os.fstat(self.fd).st_size
+            except OSError:
+                pass  # closed meanwhile
+        return self._closed_size
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)

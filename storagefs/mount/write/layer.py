@@ -147,9 +147,11 @@ class WriteLayer:
                 f"the recovery folder {self.recovery.folder}")
         for handle in self.local.all_writers():
             with handle.lock:
+                handle.close_file()
                 if handle.dirty and not handle.broken and not handle.unlinked:
-                    handle.close_file()
                     self.recovery.keep(handle.copy, "open when the mount ended", closed=False)
+                else:
+                    handle.copy.discard()
         if self.recovery.pending() and time.monotonic() < deadline:
             self.retry_kept()
         self.uploader.close()
@@ -157,8 +159,7 @@ class WriteLayer:
         if left:
             say(f"storagefs: {len(left)} file(s) could not be uploaded and are kept in "
                 f"{self.recovery.folder}; the next mount retries them")
-        else:
-            self.staging.close()
+        self.staging.close()
         return left
 
     # -- what this mount shows beyond the storage ---------------------------------------------
@@ -297,6 +298,12 @@ class WriteLayer:
                 self.recovery.superseded(remote)
 
     def release(self, handle: WriteHandle) -> None:
+        try:
+            self._release(handle)
+        finally:
+            self.local.remove_writer(handle)  # shown until stored or kept
+
+    def _release(self, handle: WriteHandle) -> None:
         with handle.lock:
             if handle.dirty and handle.broken is None and not handle.unlinked \
                     and handle.failed is None:
@@ -317,7 +324,6 @@ class WriteLayer:
                             "next mount", handle.path, kept.data, self.settings.retry_interval)
             else:
                 handle.copy.discard()
-            self.local.remove_writer(handle)  # shown until stored or kept
 
     # -- names -------------------------------------------------------------------------------
 

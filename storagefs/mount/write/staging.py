@@ -113,7 +113,13 @@ class Staging:
             shutil.rmtree(folder, ignore_errors=True)
 
     def close(self) -> None:
-        """Removes this mount's folder once every copy in it was uploaded or kept elsewhere."""
+        """Removes this mount's folder if every copy in it was uploaded or kept elsewhere; a
+        copy still there (it could not be moved) is left for the next mount (``orphans``)."""
+        left = list(self.folder.glob("*.data"))
+        if left:
+            log.warning("%d staged file(s) left in %s; the next mount keeps them in its "
+                        "recovery folder", len(left), self.folder)
+            return
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
