@@ -229,3 +229,23 @@ def test_mount_killed_with_a_file_open(server, tmp_path):
     assert kept(tmp_path) == {"killed/f.txt": b"half of the new"}
     assert "open when an earlier mount ended" in (tmp_path / "mnt.log").read_text()
     assert (server.root / "killed" / "f.txt").read_text() == "old"
+
+
+def test_recovery_folder_retried_while_mounted(make_server, tmp_path):
+    server = make_server()
+    (server.root / "r").mkdir()
+    (server.root / "r" / "a.txt").write_text("old")
+    with FaultProxy(server.url) as proxy:
+        via = type("Via", (), {"url": proxy.url, "api_key": server.api_key})()
+        with rw_mount(via, tmp_path, "--write-retry-interval", "1"):
+            proxy.status(503, count=None, path="^/-/", method="PUT")
+            with pytest.raises(OSError) as info:
+                (tmp_path / "mnt" / "r" / "a.txt").write_text("new")
+            assert info.value.errno == errno.EIO
+            assert wait_until(lambda: kept(tmp_path) == {"r/a.txt": b"new"})
+            assert (server.root / "r" / "a.txt").read_text() == "old"
+            proxy.clear()  # the server is back: the same mount stores it
+            assert wait_until(lambda: (server.root / "r" / "a.txt").read_text() == "new",
+                              timeout=30)
+            assert wait_until(lambda: not kept(tmp_path))
+            assert (tmp_path / "mnt" / "r" / "a.txt").read_text() == "new"

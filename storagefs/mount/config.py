@@ -108,6 +108,8 @@ class MountConfig:
     write_min_free: int = 64 << 20
     # How long the end of a mount waits for uploads still running, in seconds.
     unmount_timeout: float = 600.0
+    # Seconds between retries of the recovery folder while mounted.
+    write_retry_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if self.zip_as not in ZIP_AS:
@@ -120,6 +122,8 @@ class MountConfig:
             raise ValueError("--write-max-size must be at least 1 byte (examples: 64G, 1T)")
         if self.unmount_timeout < 0:
             raise ValueError("--unmount-timeout must be >= 0 seconds")
+        if self.write_retry_interval <= 0:
+            raise ValueError("--write-retry-interval must be more than 0 seconds")
 
     @property
     def write_folder(self) -> Path:

@@ -89,6 +89,10 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unmount-timeout", type=float, default=MountConfig.unmount_timeout,
                    metavar="SECONDS", help="at unmount, wait this long for uploads still "
                    "running (default: %(default)g)")
+    p.add_argument("--write-retry-interval", type=float,
+                   default=MountConfig.write_retry_interval, metavar="SECONDS",
+                   help="retry uploads kept in the recovery folder this often while mounted "
+                   "(default: %(default)g)")
     p.add_argument("--debug", dest="mount_debug", action="store_true",
                    help="log every HTTP request and failed operation")
     # argparse takes "-5M" for an unknown option ("expected one argument"); told that it is
@@ -124,6 +128,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[MountConfig, ClientConf
         else None,
         write_max_size=getattr(args, "write_max_size", MountConfig.write_max_size),
         unmount_timeout=getattr(args, "unmount_timeout", MountConfig.unmount_timeout),
+        write_retry_interval=getattr(args, "write_retry_interval",
+                                     MountConfig.write_retry_interval),
     )
     client = ClientConfig.from_env(api_url=args.api_url, api_key=args.api_key, region=args.region)
     return mount, patient_enough(client)

@@ -117,7 +117,9 @@ def _write_layer(mount: MountConfig, vfs, backend, client: StorageClient):
     from ..write import WriteLayer, WriteSettings
 
     settings = WriteSettings(mount.write_folder, max_size=mount.write_max_size,
-                             min_free=mount.write_min_free, origin=client.config.api_url)
+                             min_free=mount.write_min_free,
+                             retry_interval=mount.write_retry_interval,
+                             origin=client.config.api_url)
     writer = WriteLayer(vfs, backend, client, settings, client.config.region)
     writer.start()
     return writer

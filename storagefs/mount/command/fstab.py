@@ -26,7 +26,7 @@ _MOUNT8_ONLY = {"defaults", "auto", "noauto", "user", "users", "nouser", "owner"
 # except api_key_file, which is read here so that the key is never an option's value.
 _OURS = {"api_url", "api_key_file", "region", "cache_size", "cache_dir", "cache_dir_size",
          "metadata_ttl", "zip_as", "log_file", "debug", "write_dir", "write_max_size",
-         "unmount_timeout"}
+         "unmount_timeout", "write_retry_interval"}
 # Switches: any value turns them on. ``rw`` is ``--read-write`` (without it: read-only).
 _SWITCHES = {"debug": "--debug", "rw": "--read-write"}
 
@@ -38,9 +38,9 @@ def mount_helper(argv: list[str] | None = None) -> int:
     ``api_url=`` option, the environment or the config file. Options are ours (``api_url``,
     ``api_key_file``, ``region``, ``cache_size``, ``cache_dir``, ``cache_dir_size``,
     ``metadata_ttl``, ``zip_as``, ``log_file``, ``debug``, ``rw`` (``--read-write``),
-    ``write_dir``, ``write_max_size``, ``unmount_timeout``), FUSE's (``allow_other``,
-    ``uid``, ``gid``, ``umask``, ...) or
-    mount(8)'s own (``noauto``, ``_netdev``, ``user``..., ignored).
+    ``write_dir``, ``write_max_size``, ``unmount_timeout``, ``write_retry_interval``), FUSE's
+    (``allow_other``, ``uid``, ``gid``, ``umask``, ...) or mount(8)'s own (``noauto``,
+    ``_netdev``, ``user``..., ignored).
     """
     parser = argparse.ArgumentParser(
         prog="mount.storagefs", description="Mount storagefs from /etc/fstab.",
