@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages storagefs and its tests use, only when something is missing:
-# FUSE (fusermount and libfuse.so.2 for fusepy), zip/unzip and 7-Zip (7zz) to build test archives.
+# FUSE (fusermount and libfuse.so.2 for fusepy), zip/unzip and 7-Zip (7zz) to build test archives,
+# sqlite3 and rsync (writers of the read-write mount tests).
 # With --bench: also what the server row of scripts/bench.py uses, ab (apache2-utils) and nginx.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ command -v zip >/dev/null 2>&1 || missing+=(zip)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 command -v 7zz >/dev/null 2>&1 || missing+=(7zip)
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

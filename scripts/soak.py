@@ -1,19 +1,25 @@
-"""``make soak``: many concurrent readers on a real mount for a while; every byte checked.
+"""``make soak``: many concurrent readers and writers on a real mount; every byte checked.
 
 Starts ``storagefs serve`` on a temporary folder (plain files and ZIP archives with stored,
 deflate and bzip2 members, small and larger than a decode window), mounts it with
 ``storagefs mount --foreground`` and runs ``--readers`` threads for ``--duration`` seconds.
 Each reader picks a file at random and either reads it whole (compared by SHA-256) or reads
-random ranges of it (compared with the original bytes). Meanwhile the mount's RSS, threads and
-open descriptors are sampled from /proc.
+random ranges of it (compared with the original bytes). Beside them, ``--writers`` threads
+write through the same mount (``--read-write``): each writes files of random sizes in a folder
+of its own, rewrites and removes some, and saves others as an editor does (a temporary file,
+fsync, rename over); every file is read back through the mount after its close, and after the
+unmount every file in storage is compared with the last content its writer closed (and the
+removed ones must be gone). Meanwhile the mount's RSS, threads and open descriptors are
+sampled from /proc.
 
-Exit status 0 only if: no mismatch, no error, the mount's peak RSS within ``--rss-budget``,
+Exit status 0 only if: no mismatch, no error, nothing left in the recovery folder, the
+mount's peak RSS within ``--rss-budget``,
 no more threads or descriptors after the second half of the run than after the first (pools
 fill up once; what keeps growing leaks), and the mount process gone and the mount point clean
 after unmounting. The figures are printed, and
 written as JSON with ``--json FILE``.
 
-    .venv/bin/python scripts/soak.py --duration 60 --readers 32
+    .venv/bin/python scripts/soak.py --duration 60 --readers 32 --writers 4
 """
 
 from __future__ import annotations
@@ -138,11 +144,14 @@ def start_server(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"soak: the server did not start: {log.read_text()[-2000:]}")
 
 
-def start_mount(url: str, mountpoint: Path, log: Path, cache_size: str) -> subprocess.Popen:
+def start_mount(url: str, mountpoint: Path, log: Path, cache_size: str,
+                write_dir: Path | None = None) -> subprocess.Popen:
     mountpoint.mkdir(parents=True, exist_ok=True)
+    writable = ["--read-write", "--write-dir", str(write_dir)] if write_dir else []
     process = subprocess.Popen([sys.executable, "-m", "storagefs", "mount", str(mountpoint),
                                 "--foreground", "--api-url", url, "--api-key", API_KEY,
-                                "--log-file", str(log), "--cache-size", cache_size],
+                                "--log-file", str(log), "--cache-size", cache_size,
+                                *writable],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -180,6 +189,7 @@ class Tally:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.files = self.ranges = self.bytes = self.mismatches = self.errors = 0
+        self.written = self.written_bytes = self.renamed = self.removed = 0
         self.messages: list[str] = []
 
     def add(self, **counts: int) -> None:
@@ -228,6 +238,63 @@ def reader(seed: int, mountpoint: Path, expected: dict[str, bytes],
             tally.fail("errors", f"{name}: {exc}")
 
 
+def writer(seed: int, mountpoint: Path, stop: threading.Event, tally: Tally,
+           final: dict[str, bytes | None]) -> None:
+    """Writes, rewrites, saves by rename and removes files in ``written/w<seed>/``, reading
+    each back after its close; ``final`` gets what storage must hold at the end (None: no
+    file)."""
+    rng = random.Random(seed)
+    folder = f"written/w{seed}"
+    os.makedirs(mountpoint / folder, exist_ok=True)
+    while not stop.is_set():
+        name = f"{folder}/f{rng.randrange(12)}.bin"
+        path = mountpoint / name
+        action = rng.random()
+        try:
+            if action < 0.1 and final.get(name) is not None:
+                os.unlink(path)
+                final[name] = None
+                tally.add(removed=1)
+                continue
+            size = rng.choice((0, 1, 4096, 100_000, 1 << 20, 3 * MiB))
+            data = rng.randbytes(size)
+            if action < 0.3:  # an editor's save: a temporary file, fsync, rename over
+                tmp = path.with_name(f".{path.name}.tmp")
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.rename(tmp, path)
+                tally.add(renamed=1)
+            else:
+                with open(path, "wb") as handle:
+                    for start in range(0, size, 128 * 1024):
+                        handle.write(data[start:start + 128 * 1024])
+            final[name] = data
+            tally.add(written=1, written_bytes=size)
+            with open(path, "rb") as handle:
+                if handle.read() != data:
+                    tally.fail("mismatches", f"{name}: read back differs after close")
+                else:
+                    tally.add(bytes=size)
+        except OSError as exc:
+            tally.fail("errors", f"{name}: {exc}")
+            final.pop(name, None)  # unknown now: not compared
+
+
+def check_written(root: Path, final: dict[str, bytes | None], tally: Tally) -> None:
+    """After the unmount: storage holds exactly what each writer closed last."""
+    for name, data in sorted(final.items()):
+        stored = root / name
+        if data is None:
+            if stored.exists():
+                tally.fail("mismatches", f"{name}: removed through the mount, still stored")
+        elif not stored.is_file() or stored.read_bytes() != data:
+            tally.fail("mismatches", f"{name}: stored content differs from the last close")
+        else:
+            tally.add(bytes=len(data))
+
+
 def soak(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="storagefs-soak-"))
     root, mountpoint = work / "storage", work / "mnt"
@@ -236,11 +303,14 @@ def soak(args: argparse.Namespace) -> dict:
     digests = {name: hashlib.sha256(data).digest() for name, data in expected.items()}
     server, url = start_server(root, work / "server.log")
     mount = None
-    figures: dict = {"readers": args.readers, "duration_s": args.duration,
+    finals: list[dict[str, bytes | None]] = []
+    write_dir = work / "write" if args.writers else None
+    figures: dict = {"readers": args.readers, "writers": args.writers,
+                     "duration_s": args.duration,
                      "files": len(expected), "data_bytes": sum(map(len, expected.values()))}
     problems: list[str] = []
     try:
-        mount = start_mount(url, mountpoint, work / "mount.log", args.cache_size)
+        mount = start_mount(url, mountpoint, work / "mount.log", args.cache_size, write_dir)
         for name in expected:  # warm the metadata so the idle counts are comparable
             os.stat(mountpoint / name)
         idle = proc_figures(mount.pid)
@@ -257,6 +327,10 @@ def soak(args: argparse.Namespace) -> dict:
             threads = [threading.Thread(target=reader, args=(half * 1000 + i, mountpoint,
                                                              expected, digests, stop, tally),
                                         daemon=True) for i in range(args.readers)]
+            for i in range(args.writers):
+                finals.append({})
+                threads.append(threading.Thread(target=writer, args=(
+                    half * 1000 + i, mountpoint, stop, tally, finals[-1]), daemon=True))
             for thread in threads:
                 thread.start()
             while time.monotonic() - started < args.duration * (half + 1) / 2:
@@ -277,6 +351,8 @@ def soak(args: argparse.Namespace) -> dict:
             "elapsed_s": round(elapsed, 1), "whole_files_verified": tally.files,
             "ranges_verified": tally.ranges, "bytes_verified": tally.bytes,
             "throughput_mib_s": round(tally.bytes / MiB / elapsed, 1),
+            "files_written": tally.written, "bytes_written": tally.written_bytes,
+            "saved_by_rename": tally.renamed, "removed": tally.removed,
             "mismatches": tally.mismatches, "errors": tally.errors,
             "peak_rss_bytes": peak["rss"], "peak_threads": peak["threads"],
             "peak_fds": peak["fds"], "middle_threads": middle["threads"],
@@ -284,11 +360,10 @@ def soak(args: argparse.Namespace) -> dict:
             "after_fds": after["fds"],
             "rss_budget_bytes": args.rss_budget * MiB,
         })
-        problems += tally.messages
-        if tally.mismatches or tally.errors:
-            problems.append(f"{tally.mismatches} mismatches and {tally.errors} errors")
         if tally.files + tally.ranges == 0:
             problems.append("nothing was read")
+        if args.writers and tally.written == 0:
+            problems.append("nothing was written")
         if peak["rss"] > args.rss_budget * MiB:
             problems.append(f"peak RSS {peak['rss'] / MiB:.0f} MiB over the budget of "
                             f"{args.rss_budget} MiB")
@@ -313,6 +388,17 @@ def soak(args: argparse.Namespace) -> dict:
             figures["mount_exit_status"] = mount.returncode
             if mount.returncode != 0:
                 problems.append(f"the mount exited with {mount.returncode}")
+        if args.writers and mount is not None:
+            for final in finals:  # every byte written, compared in storage itself
+                check_written(root, final, tally)
+            figures["bytes_verified"] = tally.bytes
+            kept = list((work / "write" / "recovery").glob("*.data"))
+            if kept:
+                problems.append(f"{len(kept)} file(s) left in the recovery folder")
+        problems += tally.messages
+        if tally.mismatches or tally.errors:
+            problems.append(f"{tally.mismatches} mismatches and {tally.errors} errors")
+        figures["mismatches"], figures["errors"] = tally.mismatches, tally.errors
         server.terminate()
         try:
             server.wait(10)
@@ -347,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument("--readers", type=int, default=32, help="concurrent readers (32)")
+    parser.add_argument("--writers", type=int, default=4,
+                        help="concurrent writers through the same mount (4; 0: read-only)")
     parser.add_argument("--cache-size", default="16M",
                         help="the mount's --cache-size (16M: less than the data, so blocks are "
                              "evicted and fetched again)")

@@ -18,6 +18,7 @@ clock is injectable for tests.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import threading
 import time
@@ -193,6 +194,22 @@ class MetadataCache:
             self._values.pop(key, None)
             self._misses.pop(key, None)
 
+    def update(self, key: Hashable, change: Callable[[Any], Any]) -> None:
+        """A change made through the mount: ``change(value)`` replaces a cached value (its age
+        kept); a remembered "not found" is forgotten."""
+        with self._lock:
+            self._misses.pop(key, None)
+            item = self._values.get(key)
+            if item is not None:
+                self._values[key] = (change(item[0]), item[1])
+
+    def forget(self, unwanted: Callable[[Hashable], bool]) -> None:
+        """Drops every key ``unwanted(key)`` is true for (a folder removed: all below it)."""
+        with self._lock:
+            for table in (self._values, self._misses):
+                for key in [key for key in table if unwanted(key)]:
+                    del table[key]
+
     def clear(self) -> None:
         with self._lock:
             self._values.clear()
@@ -320,3 +337,37 @@ class CachedBackend:
 
     def read_range(self, url: str, start: int, end_inclusive: int) -> bytes:
         return self.backend.read_range(url, start, end_inclusive)
+
+    # -- changes made through the mount (mount/write): cached listings follow at once ----------
+
+    def changed(self, path: str, item: protocol.StorageFile | None) -> None:
+        """``path`` (a storage path) now holds ``item``, or nothing when None; every cached
+        listing above it shows the folders leading to it."""
+        folder, _, name = path.rpartition("/")
+        self.metadata.update(("folder", folder), functools.partial(_with, name=name, item=item))
+        if item is None or item.is_directory:
+            below = ("folder", path)
+            self.metadata.forget(lambda key: key == below or (
+                isinstance(key, tuple) and key[0] == "folder" and key[1].startswith(path + "/")))
+        while folder and item is not None:
+            folder, _, name = folder.rpartition("/")
+            here = protocol.StorageFile(name + "/", None, item.creation_time, True,
+                                        item.provider_id, item.region)
+            self.metadata.update(("folder", folder),
+                                 functools.partial(_with, name=name, item=here, keep=True))
+
+
+def _with(listing: list[protocol.StorageFile], name: str, item: protocol.StorageFile | None,
+          keep: bool = False) -> list[protocol.StorageFile]:
+    """A new listing (a new list: ``vfs`` rebuilds its index when the list is new) with the
+    entry ``name`` replaced by ``item``, or removed; ``keep``: an existing entry stays."""
+    others = []
+    for entry in listing:
+        if entry.name.rstrip("/") == name:
+            if keep:
+                return listing
+            continue
+        others.append(entry)
+    if item is not None:
+        others.append(item)
+    return others

@@ -97,6 +97,19 @@ class MountConfig:
     ready_timeout: float = 30.0
     # Archive trees kept (each one costs memory proportional to its member count).
     max_archives: int = 64
+    # --read-write: files can be created, written, renamed and removed (mount/write).
+    read_write: bool = False
+    # Where written files are staged before upload and kept when an upload fails (staging/,
+    # recovery/); None: cache_dir/write, else $XDG_CACHE_HOME/storagefs/write.
+    write_dir: Path | None = None
+    # No file written through the mount may grow past this (EFBIG).
+    write_max_size: int = 1 << 40
+    # Writes are refused (ENOSPC) when the staging disk would keep less than this free.
+    write_min_free: int = 64 << 20
+    # How long the end of a mount waits for uploads still running, in seconds.
+    unmount_timeout: float = 600.0
+    # Seconds between retries of the recovery folder while mounted.
+    write_retry_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if self.zip_as not in ZIP_AS:
@@ -105,6 +118,23 @@ class MountConfig:
             raise ValueError("TTLs must be >= 0")
         check_size("--cache-size", self.cache_size, MIN_CACHE_SIZE, memory_size())
         check_size("--cache-dir-size", self.cache_dir_size, MIN_CACHE_DIR_SIZE)
+        if self.write_max_size < 1:
+            raise ValueError("--write-max-size must be at least 1 byte (examples: 64G, 1T)")
+        if self.unmount_timeout < 0:
+            raise ValueError("--unmount-timeout must be >= 0 seconds")
+        if self.write_retry_interval <= 0:
+            raise ValueError("--write-retry-interval must be more than 0 seconds")
+
+    @property
+    def write_folder(self) -> Path:
+        """Staging and recovery folders of ``--read-write`` (see ``write_dir``)."""
+        if self.write_dir is not None:
+            return self.write_dir
+        if self.cache_dir is not None:
+            return self.cache_dir / "write"
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                 ".cache")
+        return Path(cache, "storagefs", "write")
 
     @property
     def window_bytes(self) -> int:

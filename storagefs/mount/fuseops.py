@@ -39,9 +39,14 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, NamedTuple, NoReturn,
 from fuse import FUSE, FuseOSError, Operations
 
 from ..errors import CorruptArchive, StorageError, UnsupportedMethod
+from ..errors import NotFound
 from .pagecache import PageCachePolicy
 from .read import FileReader
-from .vfs import VFS, Entry
+from .vfs import ARCHIVE, FILE, MEMBER, MEMBER_DIR, VFS, Entry
+
+if TYPE_CHECKING:
+    from .write import WriteLayer
+    from .write.handles import WriteHandle
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +114,9 @@ class FuseOperations(Protocol):
     """fusepy's ``Operations`` for the calls answered here, typed (parameters positional: fusepy
     calls ``operations(name, *args)``). ``tests/test_mount.py`` checks the parameters against
     fusepy's own (with ``raw_fi``'s ``fi`` for its ``flags`` and ``fh``); writes return 0 when
-    they succeed, which here they never do. ``getattr``'s ``fh`` is a ``FileInfo`` or None
-    (``fgetattr``), and unused."""
+    they succeed (only with ``--read-write``). ``getattr``'s ``fh`` is a ``FileInfo`` or None
+    (``fgetattr``); so are ``write``'s, ``flush``'s, ``fsync``'s and ``truncate``'s ``fh``
+    (``raw_fi``)."""
 
     def __call__(self, op: str, *args: Any) -> Any: ...
 
@@ -150,11 +156,15 @@ class FuseOperations(Protocol):
 
     def chown(self, path: str, uid: int, gid: int, /) -> int: ...
 
-    def truncate(self, path: str, length: int, fh: int | None = None, /) -> int: ...
+    def truncate(self, path: str, length: int, fh: Any = None, /) -> int: ...
 
     def utimens(self, path: str, times: tuple[float, float] | None = None, /) -> int: ...
 
-    def write(self, path: str, data: bytes, offset: int, fh: int, /) -> int: ...
+    def write(self, path: str, data: bytes, offset: int, fh: Any, /) -> int: ...
+
+    def flush(self, path: str, fh: Any, /) -> int: ...
+
+    def fsync(self, path: str, datasync: int, fh: Any, /) -> int: ...
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0,
                  /) -> int: ...
@@ -171,18 +181,21 @@ else:
 
 
 class StorageOperations(_OperationsBase):
-    """FUSE operations over a ``VFS``; read-only (writes answer EROFS). A fusepy ``Operations``:
-    the calls not answered here keep fusepy's defaults."""
+    """FUSE operations over a ``VFS``; read-only (writes answer EROFS) unless given a
+    ``write.WriteLayer`` (``--read-write``), which then answers every change. A fusepy
+    ``Operations``: the calls not answered here keep fusepy's defaults."""
 
     use_ns = True
 
     def __init__(self, vfs: VFS, *, uid: int | None = None, gid: int | None = None,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None,
+                 writer: WriteLayer | None = None) -> None:
         self.vfs = vfs
+        self.writer = writer
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.on_ready = on_ready
-        self._handles: dict[int, _Handle] = {}
+        self._handles: dict[int, _Handle | WriteHandle] = {}
         self.page_cache = PageCachePolicy()
         self._next_handle = 1
         self._lock = threading.Lock()
@@ -219,13 +232,41 @@ class StorageOperations(_OperationsBase):
 
     # -- metadata ------------------------------------------------------------------------------
 
-    def getattr(self, path: str, fh: int | None = None) -> Stat:
-        return self._stat(self.vfs.lookup(path))
+    def getattr(self, path: str, fh: Any = None) -> Stat:
+        if self.writer is None:
+            return self._stat(self.vfs.lookup(path))
+        handle = self._write_handle(fh) if fh is not None else None
+        if handle is not None:  # fstat of an open file, perhaps unlinked (no path then)
+            entry = self.writer.open_entry(handle.path) if not handle.unlinked else None
+            if entry is None:
+                size = handle.size()
+                entry = Entry(handle.path, FILE, size, size, handle.mtime,
+                              self.vfs.inodes(handle.path))
+            return self._stat(entry)
+        entry = self.writer.open_entry(path)
+        if entry is not None:
+            return self._stat(entry)
+        try:
+            return self._stat(self.vfs.lookup(path))
+        except NotFound:
+            entry = self.writer.local_folder(path)
+            if entry is None:
+                raise
+            return self._stat(entry)
 
     def readdir(self, path: str, fh: int) -> list[str]:
         if fh == _EMPTY_FOLDER:
             return [".", ".."]
-        return [".", ".."] + [entry.name for entry in self.vfs.list(path)]
+        if self.writer is None:
+            return [".", ".."] + [entry.name for entry in self.vfs.list(path)]
+        try:
+            names = [entry.name for entry in self.vfs.list(path)]
+        except NotFound:
+            if self.writer.local_folder(path) is None:
+                raise
+            names = []
+        extra = self.writer.extra_names(path).difference(names)
+        return [".", ".."] + names + sorted(extra)
 
     def opendir(self, path: str) -> int:
         return self.open_folder(path, os.O_DIRECTORY)
@@ -246,7 +287,12 @@ class StorageOperations(_OperationsBase):
           the kernel's entry expires (``--metadata-ttl``) or a read looked it up again, the
           path is the plain file everywhere.
         """
-        entry = self.vfs.directory(path)
+        try:
+            entry = self.vfs.directory(path)
+        except NotFound:
+            if self.writer is None or self.writer.local_folder(path) is None:
+                raise
+            return 0
         if entry.is_dir:
             return 0
         if flags & os.O_DIRECTORY:
@@ -269,10 +315,11 @@ class StorageOperations(_OperationsBase):
 
     def _stat(self, entry: Entry) -> Stat:
         mtime_ns = int((entry.mtime or 0) * 1e9)
+        writable = self.writer is not None and entry.kind not in _ARCHIVE_KINDS
         if entry.is_dir:
-            mode = stat.S_IFDIR | 0o555
+            mode = stat.S_IFDIR | (0o755 if writable else 0o555)
         else:
-            mode = stat.S_IFREG | 0o444
+            mode = stat.S_IFREG | (0o644 if writable else 0o444)
         return {"st_mode": mode, "st_ino": entry.ino, "st_nlink": 1, "st_uid": self.uid,
                 "st_gid": self.gid, "st_size": entry.size, "st_blocks": -(-entry.stored // 512),
                 "st_blksize": BLOCK, "st_atime": mtime_ns, "st_mtime": mtime_ns,
@@ -285,8 +332,12 @@ class StorageOperations(_OperationsBase):
     def open(self, path: str, fi: FileInfo) -> int:
         """Sets ``fi.fh``, and ``fi.keep_cache`` when the kernel's pages are of the version
         opened (one entry, so the reader and the decision are about the same version)."""
-        if fi.flags & _WRITE_FLAGS:
-            raise FuseOSError(errno.EROFS)
+        being_written = self.writer is not None and self.writer.open_entry(path) is not None
+        if fi.flags & _WRITE_FLAGS or being_written:
+            if self.writer is None:
+                raise FuseOSError(errno.EROFS)
+            # written here, or being written here and not stored yet: a copy of its own
+            return self._opened_for_writing(self.writer.open(path, fi.flags), fi)
         entry = self.vfs.lookup(path)
         reader = self.vfs.open_entry(entry)
         keep = self.page_cache.opened(entry.path, entry.version)
@@ -304,6 +355,8 @@ class StorageOperations(_OperationsBase):
             handle = self._handles.get(fi.fh)
         if handle is None:
             raise FuseOSError(errno.EBADF)
+        if not isinstance(handle, _Handle):
+            return handle.read(offset, size)
         try:
             return handle.reader.read(offset, size)
         except BaseException:
@@ -313,18 +366,95 @@ class StorageOperations(_OperationsBase):
     def release(self, path: str, fi: FileInfo) -> int:
         with self._lock:
             handle = self._handles.pop(fi.fh, None)
-        if handle is not None:
+        if isinstance(handle, _Handle):
             self.page_cache.released(handle.path, handle.version)
             handle.reader.close()
+        elif handle is not None and self.writer is not None:
+            self.writer.release(handle)
         return 0
 
-    # -- writes: a read-only file system ---------------------------------------------------------
+    # -- writes: with --read-write, by the write layer; else a read-only file system -----------
 
-    def _read_only(self, *args: Any) -> NoReturn:
-        raise FuseOSError(errno.EROFS)
+    def _writes(self) -> WriteLayer:
+        if self.writer is None:
+            raise FuseOSError(errno.EROFS)
+        return self.writer
 
-    create = mkdir = mknod = unlink = rmdir = rename = link = symlink = _read_only
-    chmod = chown = truncate = utimens = write = setxattr = removexattr = _read_only
+    def _write_handle(self, fi: Any) -> WriteHandle | None:
+        number = getattr(fi, "fh", None)
+        with self._lock:
+            handle = self._handles.get(number) if isinstance(number, int) else None
+        return None if handle is None or isinstance(handle, _Handle) else handle
+
+    def _opened_for_writing(self, handle: WriteHandle, fi: FileInfo) -> int:
+        with self._lock:
+            number = self._next_handle
+            self._next_handle += 1
+            self._handles[number] = handle
+        fi.fh = number
+        fi.keep_cache = 0
+        self.page_cache.distrust(handle.path)  # the next open for reading asks the storage
+        return 0
+
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        return self._opened_for_writing(self._writes().create(path), fi)
+
+    def write(self, path: str, data: bytes, offset: int, fh: Any) -> int:
+        handle = self._write_handle(fh)
+        if handle is None:
+            raise FuseOSError(errno.EBADF)
+        return self._writes().write(handle, data, offset)
+
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        self._writes().truncate(path, length, self._write_handle(fh) if fh is not None else None)
+        return 0
+
+    def flush(self, path: str, fh: Any) -> int:
+        handle = self._write_handle(fh)
+        if handle is not None:
+            self._writes().flush(handle)
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: Any) -> int:
+        handle = self._write_handle(fh)
+        if handle is not None:
+            self._writes().flush(handle, force=True)
+        return 0
+
+    def mkdir(self, path: str, mode: int) -> int:
+        self._writes().mkdir(path)
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        self._writes().rmdir(path)
+        return 0
+
+    def unlink(self, path: str) -> int:
+        self._writes().unlink(path)
+        return 0
+
+    def rename(self, old: str, new: str) -> int:
+        self._writes().rename(old, new)
+        return 0
+
+    def chmod(self, path: str, mode: int) -> int:
+        self._writes().check_change(path)  # modes are not stored
+        return 0
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        self._writes().check_change(path)  # owners are not stored
+        return 0
+
+    def utimens(self, path: str, times: tuple[float, float] | None = None) -> int:
+        self._writes().check_change(path)  # times are the storage's own
+        return 0
+
+    def _unsupported(self, *args: Any) -> NoReturn:
+        """Links, devices and extended attributes: the storage holds plain files only."""
+        self._writes()
+        raise FuseOSError(errno.EPERM)
+
+    mknod = link = symlink = setxattr = removexattr = _unsupported
 
 
 class _FUSE(FUSE):
@@ -355,13 +485,22 @@ class _FUSE(FUSE):
 
 
 _TIMES = frozenset(("st_atime", "st_mtime", "st_ctime"))
+_ARCHIVE_KINDS = frozenset((ARCHIVE, MEMBER_DIR, MEMBER))
 
 
-def fuse_options(extra: dict[str, str | bool], *, metadata_ttl: float) -> dict:
-    """Options for libfuse: read-only, our name, kernel caches as long as ours, then the user's."""
+def fuse_options(extra: dict[str, str | bool], *, metadata_ttl: float,
+                 read_write: bool = False) -> dict:
+    """Options for libfuse: read-only unless ``read_write``, our name, kernel caches as long as
+    ours, then the user's. Writable, ``O_TRUNC`` comes with the open (``atomic_o_trunc``: no
+    separate truncate that would store an empty file first) and an unlinked file still open
+    keeps its name's handle (``hard_remove``: no ``.fuse_hidden`` renames), and writes come
+    128 KiB at a time instead of 4 KiB (``big_writes``: ``cp -r`` of 1,000 files, 511 MB,
+    took 34.5 s with it, 60 s without)."""
     ttl = max(0.0, min(metadata_ttl, 3600.0))
+    access: dict[str, str | bool] = {"atomic_o_trunc": True, "hard_remove": True,
+                                     "big_writes": True} if read_write else {"ro": True}
     options: dict[str, str | bool] = {
-        "ro": True,
+        **access,
         "default_permissions": True,
         "fsname": "storagefs",
         "subtype": "storagefs",
@@ -371,8 +510,8 @@ def fuse_options(extra: dict[str, str | bool], *, metadata_ttl: float) -> dict:
         "negative_timeout": "1",
     }
     for name, value in extra.items():
-        if name in ("rw",):
-            continue  # a read-only file system, whatever fstab says
+        if name in ("rw", "ro"):
+            continue  # --read-write decides
         if name in _CACHE_OPTIONS:
             log.warning("-o %s ignored: files are kept in the kernel's cache while their "
                         "version is unchanged, and only then", name)

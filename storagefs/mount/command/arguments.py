@@ -24,14 +24,16 @@ def add_commands(subparsers) -> None:
     """Adds ``mount`` and ``umount`` to the ``storagefs`` command."""
     p = subparsers.add_parser(
         "mount", help="mount the storage as a local folder (ZIP archives as folders)",
-        description="Mount the remote storage read-only at MOUNTPOINT. Every *.zip shows as a "
-                    "folder of its members, read on demand with ranged requests (one that "
-                    "cannot be read as an archive: as the plain file it is, once listed).",
+        description="Mount the remote storage at MOUNTPOINT, read-only unless --read-write. "
+                    "Every *.zip shows as a folder of its members, read on demand with ranged "
+                    "requests (one that cannot be read as an archive: as the plain file it "
+                    "is, once listed); archives stay read-only.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
 examples:
   storagefs mount ~/storage               # in the background; 'storagefs umount' ends it
   storagefs mount -f ~/storage --cache-dir ~/.cache/storagefs    # foreground, disk cache
-  cat ~/storage/TASK/output.zip/stdout.txt   # a member, read without the whole archive""")
+  cat ~/storage/TASK/output.zip/stdout.txt   # a member, read without the whole archive
+  storagefs mount --read-write ~/storage  # files written there are uploaded at close""")
     add_mount_arguments(p)
     p.set_defaults(run=run_mount_command)
 
@@ -74,6 +76,23 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-file", type=Path, help="write the log here (default: stderr in the "
                    "foreground; in the background syslog, or where there is none "
                    "$XDG_STATE_HOME/storagefs/mount-NAME.log, ~/.local/state by default)")
+    p.add_argument("--read-write", action="store_true",
+                   help="allow creating, writing, renaming and removing files: each file is "
+                   "staged on local disk and uploaded when closed (see --write-dir)")
+    p.add_argument("--write-dir", type=Path, metavar="DIR",
+                   help="stage written files here, and keep those whose upload failed in its "
+                   "recovery/ folder (default: CACHE_DIR/write, else "
+                   "~/.cache/storagefs/write)")
+    p.add_argument("--write-max-size", type=_size, default=MountConfig.write_max_size,
+                   metavar="SIZE", help="refuse to let a written file grow past SIZE "
+                   "(default: 1T)")
+    p.add_argument("--unmount-timeout", type=float, default=MountConfig.unmount_timeout,
+                   metavar="SECONDS", help="at unmount, wait this long for uploads still "
+                   "running (default: %(default)g)")
+    p.add_argument("--write-retry-interval", type=float,
+                   default=MountConfig.write_retry_interval, metavar="SECONDS",
+                   help="retry uploads kept in the recovery folder this often while mounted "
+                   "(default: %(default)g)")
     p.add_argument("--debug", dest="mount_debug", action="store_true",
                    help="log every HTTP request and failed operation")
     # argparse takes "-5M" for an unknown option ("expected one argument"); told that it is
@@ -104,6 +123,13 @@ def configs_from_args(args: argparse.Namespace) -> tuple[MountConfig, ClientConf
         zip_as=args.zip_as,
         log_file=Path(os.path.abspath(args.log_file)) if args.log_file else None,
         debug=debug,
+        read_write=bool(getattr(args, "read_write", False)),
+        write_dir=Path(os.path.abspath(args.write_dir)) if getattr(args, "write_dir", None)
+        else None,
+        write_max_size=getattr(args, "write_max_size", MountConfig.write_max_size),
+        unmount_timeout=getattr(args, "unmount_timeout", MountConfig.unmount_timeout),
+        write_retry_interval=getattr(args, "write_retry_interval",
+                                     MountConfig.write_retry_interval),
     )
     client = ClientConfig.from_env(api_url=args.api_url, api_key=args.api_key, region=args.region)
     return mount, patient_enough(client)

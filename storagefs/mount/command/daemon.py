@@ -8,6 +8,9 @@ Logs go to ``--log-file``, else stderr in the foreground; in the background, to 
 where there is no syslog to a file in the user's state folder (the success line says which),
 never with the signatures of signed URLs. A foreground mount says when it is mounted and
 when it is unmounted, on stdout, one line each.
+
+With ``--read-write``, the end of the mount waits for uploads still running (up to
+``--unmount-timeout``), says so, and names what is left in the recovery folder.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def run(mount: MountConfig, client_config: ClientConfig,
         check_mountpoint(mount.mountpoint, mount.option_map())
         if mount.cache_dir is not None:
             check_cache_dir(mount.cache_dir)
+        if mount.read_write:
+            check_cache_dir(mount.write_folder)
         with make_client(probe_config) as probe:
             check_storage(probe)
         if not mount.foreground:
@@ -88,19 +93,47 @@ def _serve(mount: MountConfig, client: StorageClient) -> int:
 
     uid = int(options["uid"]) if str(options.get("uid", "")).isdigit() else None
     gid = int(options["gid"]) if str(options.get("gid", "")).isdigit() else None
-    operations = StorageOperations(vfs, uid=uid, gid=gid, on_ready=ready)
+    writer = _write_layer(mount, vfs, backend, client) if mount.read_write else None
+    operations = StorageOperations(vfs, uid=uid, gid=gid, on_ready=ready, writer=writer)
     try:
         serve_forever(operations, str(mount.mountpoint),
-                      fuse_options(options, metadata_ttl=mount.metadata_ttl))
+                      fuse_options(options, metadata_ttl=mount.metadata_ttl,
+                                   read_write=mount.read_write))
     except RuntimeError:  # fusepy: fuse_main failed; libfuse printed why just before
         print(f"storagefs mount: FUSE refused to mount {mount.mountpoint}", file=sys.stderr)
         return EXIT_ERROR
     finally:
+        if writer is not None:
+            _finish_writes(writer, mount)
         client.close()
     log.info("unmounted %s", mount.mountpoint)
     if supervisor_fd is None:
         print(f"unmounted {mount.mountpoint}", flush=True)
     return EXIT_OK
+
+
+def _write_layer(mount: MountConfig, vfs, backend, client: StorageClient):
+    """The write layer of ``--read-write``, started: the recovery folder is retried at once."""
+    from ..write import WriteLayer, WriteSettings
+
+    settings = WriteSettings(mount.write_folder, max_size=mount.write_max_size,
+                             min_free=mount.write_min_free,
+                             retry_interval=mount.write_retry_interval,
+                             origin=client.config.api_url)
+    writer = WriteLayer(vfs, backend, client, settings, client.config.region)
+    writer.start()
+    return writer
+
+
+def _finish_writes(writer, mount: MountConfig) -> None:
+    """Uploads still running are waited for; what is left is named, in the log and on stderr."""
+    def say(line: str) -> None:
+        log.warning("%s", line)
+        if mount.foreground and mount.log_file is not None:
+            print(line, file=sys.stderr, flush=True)
+
+    for line in writer.finish(mount.unmount_timeout, say=say):
+        log.warning("not uploaded: %s", line)
 
 
 def syslog_available() -> bool:

@@ -19,13 +19,16 @@ from .daemon import run
 
 # mount(8) options that mean nothing to FUSE or to us.
 _MOUNT8_ONLY = {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group",
-                "_netdev", "nofail", "rw", "ro", "exec", "noexec", "suid", "nosuid", "dev",
+                "_netdev", "nofail", "ro", "exec", "noexec", "suid", "nosuid", "dev",
                 "nodev", "sync", "async", "atime", "noatime", "relatime", "strictatime",
                 "nodiratime", "diratime", "loud", "silent"}
 # Ours: each is the ``storagefs mount`` argument of the same name (cache_size: --cache-size),
 # except api_key_file, which is read here so that the key is never an option's value.
 _OURS = {"api_url", "api_key_file", "region", "cache_size", "cache_dir", "cache_dir_size",
-         "metadata_ttl", "zip_as", "log_file", "debug"}
+         "metadata_ttl", "zip_as", "log_file", "debug", "write_dir", "write_max_size",
+         "unmount_timeout", "write_retry_interval"}
+# Switches: any value turns them on. ``rw`` is ``--read-write`` (without it: read-only).
+_SWITCHES = {"debug": "--debug", "rw": "--read-write"}
 
 
 def mount_helper(argv: list[str] | None = None) -> int:
@@ -34,9 +37,10 @@ def mount_helper(argv: list[str] | None = None) -> int:
     SOURCE is the API URL (``http(s)://...``), or any word (``storagefs``) to take it from the
     ``api_url=`` option, the environment or the config file. Options are ours (``api_url``,
     ``api_key_file``, ``region``, ``cache_size``, ``cache_dir``, ``cache_dir_size``,
-    ``metadata_ttl``, ``zip_as``,
-    ``log_file``, ``debug``), FUSE's (``allow_other``, ``uid``, ``gid``, ``umask``, ...) or
-    mount(8)'s own (``noauto``, ``_netdev``, ``user``..., ignored).
+    ``metadata_ttl``, ``zip_as``, ``log_file``, ``debug``, ``rw`` (``--read-write``),
+    ``write_dir``, ``write_max_size``, ``unmount_timeout``, ``write_retry_interval``), FUSE's
+    (``allow_other``, ``uid``, ``gid``, ``umask``, ...) or mount(8)'s own (``noauto``,
+    ``_netdev``, ``user``..., ignored).
     """
     parser = argparse.ArgumentParser(
         prog="mount.storagefs", description="Mount storagefs from /etc/fstab.",
@@ -72,9 +76,11 @@ def mount_helper(argv: list[str] | None = None) -> int:
     for name, value in ours.items():
         if value == "":  # "name=" is as if not given
             continue
+        if name in _SWITCHES:  # any value turns a switch on; the others need their value
+            mount_argv.append(_SWITCHES[name])
+            continue
         flag = "--" + name.replace("_", "-")
-        # debug is a switch (any value turns it on); the others need their value.
-        mount_argv.append(flag if value is True or name == "debug" else f"{flag}={value}")
+        mount_argv.append(flag if value is True else f"{flag}={value}")
     options = argparse.ArgumentParser(prog="mount.storagefs", add_help=False,
                                       exit_on_error=False)
     add_mount_arguments(options)
@@ -100,7 +106,7 @@ def _split_options(items: list[str]) -> tuple[dict[str, str | bool], list[str]]:
             name, sep, value = part.strip().partition("=")
             if not name or name in _MOUNT8_ONLY or name.startswith(("x-", "comment")):
                 continue
-            if name in _OURS:
+            if name in _OURS or name in _SWITCHES:
                 ours[name] = value if sep else True
             else:
                 fuse.append(part.strip())

@@ -43,6 +43,10 @@ def child_argv(mount: MountConfig, client: ClientConfig) -> list[str]:
         argv += ["--log-file", str(mount.log_file)]
     if mount.debug:
         argv.append("--debug")
+    if mount.read_write:
+        argv += ["--read-write", "--write-dir", str(mount.write_folder), "--write-max-size",
+                 str(mount.write_max_size), "--unmount-timeout", repr(mount.unmount_timeout),
+                 "--write-retry-interval", repr(mount.write_retry_interval)]
     return argv
 
 
