@@ -38,10 +38,14 @@ class ServerConfig:
     # upload_from_url may fetch from loopback/private addresses only when this is set.
     allow_private_urls: bool = False
     fetch_timeout_s: float = 60.0
-    # Bounds on hostile archives.
-    max_zip_entries: int = 1_000_000
-    max_central_directory_bytes: int = 256 * 1024 * 1024
+    # Bounds on hostile archives. An indexed archive holds about 50 bytes per member plus its
+    # names (server/zipindex.py), three times that while it is parsed: ten million members
+    # with 50-byte names are about 1 GB, parsed in about 40 s.
+    max_zip_entries: int = 10_000_000
+    max_central_directory_bytes: int = 1024 * 1024 * 1024
+    # Indexes kept between requests: at most this many, and this much memory together.
     zip_index_cache_entries: int = 64
+    zip_index_cache_bytes: int = 2 * 1024 * 1024 * 1024
     price_per_gib_month: float = 0.0
     # A copy that finishes within this time is answered as done; longer ones keep running.
     sync_wait_s: float = 10.0
