@@ -105,6 +105,26 @@ def test_the_whole_listing_streams_in_bounded_memory(big_server):
     assert first_byte is not None and first_byte < 10
 
 
+def test_another_server_process_maps_the_saved_index(big_server, tmp_path):
+    """A restarted server, or another worker, lists a folder without parsing again."""
+    server, _ = big_server
+    listing(server, FOLDER, False)  # indexed (and saved) by now
+    saved = [p for p in (server.root / ".storagefs" / "zipindex").iterdir()
+             if not p.name.endswith(".lock")]
+    assert len(saved) == 1
+    other = start_server(server.root, tmp_path)
+    try:
+        started = time.monotonic()
+        r = listing(other, FOLDER, False)
+        elapsed = time.monotonic() - started
+        assert [e["name"] for e in r.json()["contents"]] == list(bigarchive.FIELDS)
+        assert elapsed < 3, f"{elapsed:.1f} s: parsed again?"
+        top = server.get("/storage/contents", params={"path": ""}).json()["contents"]
+        assert [e["name"] for e in top] == ["big/"]  # the saved index is not storage
+    finally:
+        other.stop()
+
+
 # ------------------------------------------------------------------------------ client timeout
 
 

@@ -677,3 +677,51 @@ def test_cache_is_bounded_by_bytes(tmp_path):
     assert cache.get_from("a", (1,), size, lambda: path.open("rb")) is first
     assert cache.get_from("b", (1,), size, lambda: path.open("rb")) is not None
     assert cache.get_from("c", (1,), size, lambda: path.open("rb")) is not first
+
+
+# ------------------------------------------------------------------------------ saved indexes
+
+
+def test_a_saved_index_reads_back_the_same(built, tmp_path):
+    from storagefs.server import indexfile
+
+    label, path, _ = built
+    index = index_of(path)
+    indexfile.save(index, tmp_path / "saved")
+    loaded = indexfile.load(tmp_path / "saved", index.size)
+    assert loaded is not None
+    same_index(loaded, index)
+    with path.open("rb") as f:
+        entries = [i for _, i in index.entries("", True) if i >= 0]
+        assert loaded.data_starts(f, entries) == index.data_starts(f, entries)
+    assert indexfile.load(tmp_path / "saved", index.size + 1) is None  # another archive
+    (tmp_path / "cut").write_bytes((tmp_path / "saved").read_bytes()[:-9])
+    assert indexfile.load(tmp_path / "cut", index.size) is None
+    assert indexfile.load(tmp_path / "missing", index.size) is None
+
+
+def test_a_big_index_is_saved_and_mapped_by_the_next_process(tmp_path, monkeypatch):
+    from storagefs.server import indexcache
+
+    monkeypatch.setattr(indexcache, "SAVE_MIN_ENTRIES", 1000)
+    path, _ = A.build_many_entries(tmp_path, 5_000)
+    folder = tmp_path / "indexes"
+    first = IndexCache(4, 100_000, 1 << 30, folder=folder).get(path)
+    assert len([p for p in folder.iterdir() if not p.name.endswith(".lock")]) == 1
+    opened = []
+    later = IndexCache(4, 100_000, 1 << 30, folder=folder)  # a restarted server
+
+    def open_file():
+        opened.append(1)
+        return path.open("rb")
+
+    stat = path.stat()
+    again = later.get_from(str(path), (stat.st_size, stat.st_mtime_ns, stat.st_ino),
+                           stat.st_size, open_file)
+    assert opened == [] and again.list("d003", False) == first.list("d003", False)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    later.get(path)  # a new version: parsed, saved, the old file removed
+    assert len([p for p in folder.iterdir() if not p.name.endswith(".lock")]) == 1
+    small, _ = A.build_pyzip(tmp_path, {"a": b"a"}, "store", name="small.zip")
+    later.get(small)  # not worth a file
+    assert len([p for p in folder.iterdir() if not p.name.endswith(".lock")]) == 1

@@ -83,7 +83,8 @@ class StorageService:
         self.store = LocalStore(config.root)
         self.signer = Signer(config.signing_key, config.signed_url_ttl_s)
         self.zips = IndexCache(config.zip_index_cache_entries, config.max_zip_entries,
-                               config.max_central_directory_bytes, config.zip_index_cache_bytes)
+                               config.max_central_directory_bytes, config.zip_index_cache_bytes,
+                               folder=self.store.root / RESERVED / "zipindex")
         # One folder per start, shared by the worker processes forked from this one.
         runs = self.store.root / RESERVED / "operations"
         remove_stale_runs(runs)

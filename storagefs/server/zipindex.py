@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import mmap
 import operator
 import re
 import struct
@@ -233,7 +234,10 @@ class ZipIndex:
         # Explicit folder entries by key (the last one of a duplicated name wins).
         self._folders: dict[bytes, int] = {keys[i]: i for i in folder_entries if i not in unlisted}
         del keys
-        self._blob, self._starts = text, starts  # name i is blob[starts[i]:starts[i + 1] - 1]
+        # Name i is blob[base + starts[i]:base + starts[i + 1] - 1] (a mapped file has a base).
+        self._blob: bytes | mmap.mmap = text
+        self._starts = starts  # arrays here; memoryviews of the file once saved and mapped
+        self._base = 0
 
     def _find_duplicates(self, in_order: list[bytes]) -> None:
         pairs = compress(count(), map(operator.eq, in_order, islice(in_order, 1, None)))
@@ -261,7 +265,7 @@ class ZipIndex:
                   self._flags, self._extra_len, self._order, self._starts)
         small = (len(self._keys) + len(self._unlisted) + len(self._winner) + len(self._folders)
                  + len(self._cd_name_len))
-        return (len(self._blob) + sum(a.itemsize * len(a) for a in arrays)
+        return (len(self._blob) + sum(memoryview(a).nbytes for a in arrays)
                 + 120 * (small + len(self._shadowed)) + 1024)
 
     def __len__(self) -> int:
@@ -269,7 +273,8 @@ class ZipIndex:
         return sum(1 for _ in self._walk(b""))
 
     def _name(self, i: int) -> bytes:
-        return self._blob[self._starts[i]:self._starts[i + 1] - 1]
+        base = self._base
+        return self._blob[base + self._starts[i]:base + self._starts[i + 1] - 1]
 
     def _key(self, i: int) -> bytes:
         """The normalized name entry ``i`` is listed under."""
