@@ -725,3 +725,19 @@ def test_a_big_index_is_saved_and_mapped_by_the_next_process(tmp_path, monkeypat
     small, _ = A.build_pyzip(tmp_path, {"a": b"a"}, "store", name="small.zip")
     later.get(small)  # not worth a file
     assert len([p for p in folder.iterdir() if not p.name.endswith(".lock")]) == 1
+
+
+@pytest.mark.parametrize("offsets", [
+    [i * 60_000 for i in range(200)],  # dense: split by the window's size only
+    [0, 10, 10 + zipindex.HEADER_GAP + 1, 10 + zipindex.HEADER_GAP + 50, 1 << 30],
+    [5], []])
+def test_header_windows(offsets):
+    windows = list(zipindex._windows(offsets))
+    assert [p for p, _ in windows] == ([0] + [q for _, q in windows[:-1]] if offsets else [])
+    assert (windows[-1][1] if windows else 0) == len(offsets)
+    for p, q in windows:
+        assert offsets[q - 1] + 30 - offsets[p] <= zipindex.HEADER_WINDOW or q == p + 1
+        assert all(b - a <= zipindex.HEADER_GAP for a, b in zip(offsets[p:q], offsets[p + 1:q]))
+        if q < len(offsets):  # the next header could not have joined
+            assert (offsets[q] - offsets[q - 1] > zipindex.HEADER_GAP
+                    or offsets[q] + 30 - offsets[p] > zipindex.HEADER_WINDOW)

@@ -97,6 +97,7 @@ _DIGSIG_SIG = b"PK\x05\x05"
 #   the CRC and sizes here are zero; the CD has the real ones.
 _LFH = struct.Struct("<4s5H3L2H")
 _LFH_SIG = b"PK\x03\x04"
+_LFH_LENGTHS = struct.Struct("<4s22xHH")  # the signature, name and extra lengths
 
 _ZIP64_EXTRA = 0x0001
 _UNICODE_PATH_EXTRA = 0x7075
@@ -427,23 +428,16 @@ class ZipIndex:
         estimate (header offset + 30 + the central name and extra lengths) instead of a read
         of its own; exact for writers whose local extra field equals the central one, and
         what a client proves (``mount/memberstart.py``) before using it."""
-        offsets = self._offset
-        ordered = sorted(zip(map(offsets.__getitem__, entries), range(len(entries))))
+        ordered = sorted(zip(map(self._offset.__getitem__, entries), range(len(entries))))
         starts = [0] * len(entries)
-        p = 0
-        while p < len(ordered):
+        for p, q in _windows([offset for offset, _ in ordered]):
             first = ordered[p][0]
-            q = p + 1
-            while (q < len(ordered) and ordered[q][0] - ordered[q - 1][0] <= HEADER_GAP
-                   and ordered[q][0] + _LFH.size - first <= HEADER_WINDOW):
-                q += 1
             if estimate_isolated and q == p + 1:
                 i = entries[ordered[p][1]]
                 name_len = self._cd_name_len.get(i, self._starts[i + 1] - self._starts[i] - 1)
                 estimate = first + _LFH.size + name_len + self._extra_len[i]
                 if estimate + self._csize[i] <= self.size:
                     starts[ordered[p][1]] = estimate
-                    p = q
                     continue
             last = ordered[q - 1][0]
             if last + _LFH.size > self.size:  # only for a size given wrong: say how
@@ -452,18 +446,53 @@ class ZipIndex:
                     f"member {self._name(i).decode('utf-8', 'replace')!r}: local header offset "
                     f"{last} is past the end of the {self.size}-byte archive")
             window = _read_at(f, first, last + _LFH.size - first, "local headers")
-            for offset, k in ordered[p:q]:
-                i = entries[k]
-                starts[k] = _data_start_from(window, offset - first, offset, self._csize[i],
-                                             self.size, functools.partial(self._name, i))
-            p = q
+            group = ordered[p:q]
+            found = self._window_starts(window, first, group, entries)
+            if found is None:  # something is wrong: find which, and say so
+                for offset, k in group:
+                    i = entries[k]
+                    starts[k] = _data_start_from(window, offset - first, offset, self._csize[i],
+                                                 self.size, functools.partial(self._name, i))
+            else:
+                for (_, k), start in zip(group, found):
+                    starts[k] = start
         return starts
+
+    def _window_starts(self, window: bytes, first: int, group: list[tuple[int, int]],
+                       entries: Sequence[int]) -> list[int] | None:
+        """The data offsets of the headers in one window, unpacked in bulk; None if any header
+        is bad or its data runs past the archive's end."""
+        offsets = [offset for offset, _ in group]
+        fields = zip(*map(_LFH_LENGTHS.unpack_from, repeat(window),
+                          map(operator.sub, offsets, repeat(first))))
+        signatures, name_lens, extra_lens = fields
+        if set(signatures) != {_LFH_SIG}:
+            return None
+        found = list(map(operator.add, map(operator.add, offsets, repeat(_LFH.size)),
+                         map(operator.add, name_lens, extra_lens)))
+        ends = map(operator.add, found, map(self._csize.__getitem__,
+                                            map(entries.__getitem__, (k for _, k in group))))
+        return found if max(ends) <= self.size else None
 
     # Last in the class: below this, ``list`` in an annotation would mean this method.
     def list(self, zip_relative_path: str, recursive: bool) -> list[tuple[str, Member | None]]:
         """Entries under a directory with names relative to it; ``Member`` None when implied."""
         return [(name, None if i < 0 else self.member_at(i))
                 for name, i in self.entries(zip_relative_path, recursive)]
+
+
+def _windows(offsets: list[int]) -> Iterator[tuple[int, int]]:
+    """Runs [p, q) of sorted header offsets read together: split where two neighbours are more
+    than ``HEADER_GAP`` apart, and where a run would exceed ``HEADER_WINDOW`` (found in bulk:
+    the Python loop is per window, not per header)."""
+    gaps = map(operator.gt, map(operator.sub, islice(offsets, 1, None), offsets),
+               repeat(HEADER_GAP))
+    cuts = [0, *map(operator.add, compress(count(), gaps), repeat(1)), len(offsets)]
+    for p, end in zip(cuts, islice(cuts, 1, None)):
+        while p < end:
+            q = max(p + 1, bisect_right(offsets, offsets[p] + HEADER_WINDOW - _LFH.size, p, end))
+            yield p, q
+            p = q
 
 
 def _utf8_bytes(name: str) -> bytes:
