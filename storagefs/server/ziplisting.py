@@ -22,6 +22,7 @@ from itertools import islice
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from ..errors import StorageError
+from ..gcpause import gc_paused
 from .zipindex import ZipIndex
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,12 @@ def _rows(index: ZipIndex, handle: BinaryIO, entries: list[tuple[str, int]],
     members = [i for _, i in entries if i >= 0]
     starts = index.data_starts(handle, members, estimate_isolated=estimate_isolated)
     starts.reverse()  # popped in listing order below
+    with gc_paused():  # thousands of new dicts, none of them cyclic
+        return _shaped(index, entries, starts, times)
+
+
+def _shaped(index: ZipIndex, entries: list[tuple[str, int]], starts: list[int],
+            times: dict[int, str | None]) -> list[dict]:
     rows = []
     for name, i in entries:
         if i < 0:
