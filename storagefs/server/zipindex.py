@@ -744,7 +744,7 @@ def _scan_fast(data: bytes, shift: int, size: int, columns: _Columns) -> int | N
         exact.update(compress(count(), map(operator.contains, extras, repeat(_UNICODE_PATH_ID))))
     if shift:
         offset = array("Q", map(operator.add, offset, repeat(shift)))
-    first = len(columns)
+    raw_name_len = {}  # where the UTF-8 name's length is not the raw name's
     if exact:
         where = list(accumulate(map(operator.add, lengths, repeat(4)), initial=0))
         for k in sorted(exact):
@@ -753,10 +753,11 @@ def _scan_fast(data: bytes, shift: int, size: int, columns: _Columns) -> int | N
             usize[k] = member.size
             names[k] = _utf8_bytes(member.name)
             if len(names[k]) != name_len[k]:
-                columns.cd_name_len[first + k] = name_len[k]
+                raw_name_len[len(columns) + k] = name_len[k]
     if max(offset) + max(csize) + _LFH.size > size and (
             max(map(operator.add, offset, csize)) + _LFH.size > size):
         return None  # some member lies past the end: _scan_exact says which
+    columns.cd_name_len.update(raw_name_len)
     columns.offset.extend(offset)
     columns.csize.extend(csize)
     columns.usize.extend(usize)
