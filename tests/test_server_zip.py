@@ -6,6 +6,8 @@ ranged GET on the archive's signed URL and an independent decoder give back the 
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 import zlib
@@ -173,3 +175,33 @@ def test_entry_limit_is_enforced(make_server, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.startswith("refused:")
+
+
+def test_a_long_listing_streams_and_is_cut_off_at_a_damaged_header(server, unique, tmp_path):
+    """Past 100,000 entries the answer streams; a bad local header found after the answer has
+    started cuts the connection (never a complete-looking answer) and the log says why."""
+    import zipfile
+
+    archive, files = archives.build_many_entries(tmp_path, 120_000, name="long.zip")
+    path = place(server, unique, archive, "long.zip")
+    r = server.get("/storage/zip-contents", params={"path": path, "recursive": "true"},
+                   stream=True)
+    assert r.status_code == 200 and "content-length" not in r.headers
+    listing = json.loads(r.content)
+    assert len([e for e in listing["contents"] if not e["name"].endswith("/")]) == len(files)
+    last = zipfile.ZipFile(archive).infolist()[-1]
+    damaged = server.root / path
+    with damaged.open("r+b") as f:
+        f.seek(last.header_offset)
+        f.write(b"XXXX")
+    os.utime(damaged, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
+    r = server.get("/storage/zip-contents", params={"path": path, "recursive": "true"},
+                   stream=True)
+    assert r.status_code == 200  # the first entries were fine
+    with pytest.raises(requests.exceptions.RequestException):
+        r.content
+    assert "archive listing cut off" in server.log.read_text()
+    folder, _, name = last.filename.rpartition("/")
+    r = server.get("/storage/zip-contents", params={"path": path, "zip_relative_path": folder,
+                                                    "recursive": "false"})
+    assert r.status_code == 422 and "local header" in r.json()["detail"]
