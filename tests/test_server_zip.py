@@ -205,3 +205,26 @@ def test_a_long_listing_streams_and_is_cut_off_at_a_damaged_header(server, uniqu
     r = server.get("/storage/zip-contents", params={"path": path, "zip_relative_path": folder,
                                                     "recursive": "false"})
     assert r.status_code == 422 and "local header" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("producer", ["zip-deflate", "7zz-deflate-streamed", "py-store"])
+def test_a_streamed_listing_is_the_same_json(tmp_path, monkeypatch, producer):
+    from storagefs.server import ziplisting, zipindex
+    from storagefs.server.zipindex import read_index
+
+    archive, _ = PRODUCERS[producer](tmp_path)
+    with archive.open("rb") as f:
+        index = read_index(f, archive.stat().st_size, max_entries=1000, max_cd_bytes=1 << 20)
+    opener = archive.open.__get__(archive)  # a bound method: opener() opens the archive
+    for folder, recursive in (("", True), ("artifacts", False), ("artifacts/sub", True),
+                              ("nope", True)):
+        whole = ziplisting.zip_listing(index, lambda: opener("rb"), folder, recursive)
+        assert isinstance(whole, dict)
+        with monkeypatch.context() as patch:
+            patch.setattr(ziplisting, "STREAM_MIN_ENTRIES", -1)
+            patch.setattr(ziplisting, "BATCH", 2)
+            # no header alone in its window: no estimates (those are checked in test_zipindex)
+            patch.setattr(zipindex, "HEADER_GAP", 1 << 40)
+            streamed = ziplisting.zip_listing(index, lambda: opener("rb"), folder, recursive)
+            assert not isinstance(streamed, dict)
+            assert json.loads(b"".join(streamed)) == whole

@@ -424,15 +424,16 @@ class ZipIndex:
         less than ``HEADER_GAP`` apart are read together, up to ``HEADER_WINDOW`` bytes a read
         (a dense archive costs a few large reads, not one per member).
 
-        ``estimate_isolated``: an entry alone in its window gets the central directory's
-        estimate (header offset + 30 + the central name and extra lengths) instead of a read
-        of its own; exact for writers whose local extra field equals the central one, and
-        what a client proves (``mount/memberstart.py``) before using it."""
+        ``estimate_isolated``: an entry alone in its window, whose neighbours in the directory
+        are more than ``HEADER_GAP`` away too, gets the central directory's estimate (header
+        offset + 30 + the central name and extra lengths) instead of a read of its own: exact
+        for writers whose local extra field equals the central one, and what a client proves
+        (``mount/memberstart.py``) before using it."""
         ordered = sorted(zip(map(self._offset.__getitem__, entries), range(len(entries))))
         starts = [0] * len(entries)
         for p, q in _windows([offset for offset, _ in ordered]):
             first = ordered[p][0]
-            if estimate_isolated and q == p + 1:
+            if estimate_isolated and q == p + 1 and self._isolated(entries[ordered[p][1]]):
                 i = entries[ordered[p][1]]
                 name_len = self._cd_name_len.get(i, self._starts[i + 1] - self._starts[i] - 1)
                 estimate = first + _LFH.size + name_len + self._extra_len[i]
@@ -457,6 +458,13 @@ class ZipIndex:
                 for (_, k), start in zip(group, found):
                     starts[k] = start
         return starts
+
+    def _isolated(self, i: int) -> bool:
+        """Whether entry ``i``'s local header lies more than ``HEADER_GAP`` from those of the
+        entries before and after it in the directory (whatever a listing's batch holds)."""
+        offset = self._offset[i]
+        neighbours = [self._offset[j] for j in (i - 1, i + 1) if 0 <= j < self.count]
+        return all(abs(offset - other) > HEADER_GAP for other in neighbours)
 
     def _window_starts(self, window: bytes, first: int, group: list[tuple[int, int]],
                        entries: Sequence[int]) -> list[int] | None:
