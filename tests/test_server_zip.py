@@ -6,6 +6,8 @@ ranged GET on the archive's signed URL and an independent decoder give back the 
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 import zlib
@@ -173,3 +175,56 @@ def test_entry_limit_is_enforced(make_server, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.startswith("refused:")
+
+
+def test_a_long_listing_streams_and_is_cut_off_at_a_damaged_header(server, unique, tmp_path):
+    """Past 100,000 entries the answer streams; a bad local header found after the answer has
+    started cuts the connection (never a complete-looking answer) and the log says why."""
+    import zipfile
+
+    archive, files = archives.build_many_entries(tmp_path, 120_000, name="long.zip")
+    path = place(server, unique, archive, "long.zip")
+    r = server.get("/storage/zip-contents", params={"path": path, "recursive": "true"},
+                   stream=True)
+    assert r.status_code == 200 and "content-length" not in r.headers
+    listing = json.loads(r.content)
+    assert len([e for e in listing["contents"] if not e["name"].endswith("/")]) == len(files)
+    last = zipfile.ZipFile(archive).infolist()[-1]
+    damaged = server.root / path
+    with damaged.open("r+b") as f:
+        f.seek(last.header_offset)
+        f.write(b"XXXX")
+    os.utime(damaged, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
+    r = server.get("/storage/zip-contents", params={"path": path, "recursive": "true"},
+                   stream=True)
+    assert r.status_code == 200  # the first entries were fine
+    with pytest.raises(requests.exceptions.RequestException):
+        r.content
+    assert "archive listing cut off" in server.log.read_text()
+    folder, _, name = last.filename.rpartition("/")
+    r = server.get("/storage/zip-contents", params={"path": path, "zip_relative_path": folder,
+                                                    "recursive": "false"})
+    assert r.status_code == 422 and "local header" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("producer", ["zip-deflate", "7zz-deflate-streamed", "py-store"])
+def test_a_streamed_listing_is_the_same_json(tmp_path, monkeypatch, producer):
+    from storagefs.server import ziplisting, zipindex
+    from storagefs.server.zipindex import read_index
+
+    archive, _ = PRODUCERS[producer](tmp_path)
+    with archive.open("rb") as f:
+        index = read_index(f, archive.stat().st_size, max_entries=1000, max_cd_bytes=1 << 20)
+    opener = archive.open.__get__(archive)  # a bound method: opener() opens the archive
+    for folder, recursive in (("", True), ("artifacts", False), ("artifacts/sub", True),
+                              ("nope", True)):
+        whole = ziplisting.zip_listing(index, lambda: opener("rb"), folder, recursive)
+        assert isinstance(whole, dict)
+        with monkeypatch.context() as patch:
+            patch.setattr(ziplisting, "STREAM_MIN_ENTRIES", -1)
+            patch.setattr(ziplisting, "BATCH", 2)
+            # no header alone in its window: no estimates (those are checked in test_zipindex)
+            patch.setattr(zipindex, "HEADER_GAP", 1 << 40)
+            streamed = ziplisting.zip_listing(index, lambda: opener("rb"), folder, recursive)
+            assert not isinstance(streamed, dict)
+            assert json.loads(b"".join(streamed)) == whole

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import io
 import os
+import struct
 import tempfile
 import threading
 import time
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from storagefs.errors import CorruptArchive, InvalidRequest, NotFound, StorageError, TooLarge
 from storagefs.server.indexcache import IndexCache
+from storagefs.server import zipindex
 from storagefs.server.zipindex import Member, ZipIndex, data_offset, read_index
 
 import archives as A  # tests/ is on sys.path (pytest's rootdir-relative import)
@@ -156,7 +158,7 @@ def test_listing_semantics(built):
     for prefix in ("", "artifacts/", "artifacts/sub/"):
         for name, member in index.list(prefix, True):
             if member is not None:
-                assert index.member(prefix + name) is member
+                assert index.member(prefix + name) == member
 
 
 def test_implied_and_explicit_directories(workdir):
@@ -183,7 +185,7 @@ def test_member_lookup(workdir):
     index = index_of(PRODUCERS["py-deflate"](workdir / "lookup")[0])
     member = index.member("artifacts/stdout.txt")
     assert member.name == "artifacts/stdout.txt" and not member.is_dir
-    assert index.member("/artifacts//stdout.txt") is member
+    assert index.member("/artifacts//stdout.txt") == member
     with pytest.raises(NotFound, match="artifacts/missing.txt"):
         index.member("artifacts/missing.txt")
     with pytest.raises(InvalidRequest):
@@ -201,7 +203,7 @@ def test_duplicates_later_entry_wins(tmp_path):
                                     A.RawEntry(b"a.txt", b"second")])
     assert [n for n, _ in index.list("", False)] == ["a.txt", "b.txt"]
     assert index.member("a.txt").size == len("second")
-    assert dict(index.list("", False))["a.txt"] is index.member("a.txt")
+    assert dict(index.list("", False))["a.txt"] == index.member("a.txt")
 
 
 def test_file_and_directory_with_one_name(tmp_path):
@@ -444,7 +446,7 @@ def test_fuzz_names_listing_invariants(member_names):
             assert name and "/" not in name.rstrip("/")
             assert name.rstrip("/") not in (".", "..")
             if member is not None:
-                assert index.member(prefix + name) is member
+                assert index.member(prefix + name) == member
 
 
 def test_fuzz_error_type_is_storage_error():
@@ -517,3 +519,225 @@ def test_cache_is_thread_safe(tmp_path):
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+# ------------------------------------------------------------------------------ compact index
+
+
+def index_exactly(path: Path, monkeypatch) -> ZipIndex:
+    """The index as the entry-by-entry parser alone builds it (the reference for the fast
+    scan, which must agree with it on every archive)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(zipindex, "_scan_fast", lambda *args: None)
+        return index_of(path)
+
+
+def same_index(fast: ZipIndex, exact: ZipIndex) -> None:
+    assert fast.members == exact.members
+    assert fast.list("", True) == exact.list("", True)
+    folders = [""] + [name for name, _ in exact.list("", True) if name.endswith("/")]
+    for folder in folders:
+        assert fast.list(folder, False) == exact.list(folder, False), folder
+
+
+def test_fast_scan_agrees_with_the_exact_parse(built, monkeypatch):
+    label, path, _ = built
+    monkeypatch.setattr(zipindex, "CD_CHUNK", 300)  # entries cut across chunks too
+    same_index(index_of(path), index_exactly(path, monkeypatch))
+
+
+def test_fast_scan_takes_the_entries_it_cannot_do_in_bulk_one_by_one(tmp_path, monkeypatch):
+    """A header signature inside a name and inside an extra field, cp437 and Unicode Path
+    names, zip64 values, duplicates, folder entries and names to normalize, among plain ones."""
+    unicode_path = struct.pack("<HHB", 0x7075, 5 + 4, 1) + struct.pack(
+        "<L", zlib.crc32(b"caf\x82.txt")) + "café.txt".encode()
+    entries = [A.RawEntry(b"plain/%03d.txt" % i, b"x" * (i % 7)) for i in range(300)]
+    entries[10] = A.RawEntry(b"plain/PK\x01\x02sig.txt", b"sig")
+    entries[20] = A.RawEntry(b"plain/extra.txt", b"e", extra=b"\xfe\xca\x04\x00PK\x01\x02")
+    entries[30] = A.RawEntry(b"plain/na\x8bve.txt", b"cp437", made_by=20)
+    entries[40] = A.RawEntry(b"plain/caf\x82.txt", b"u", made_by=20, extra=unicode_path)
+    entries[50] = A.RawEntry(b"plain/./dot.txt", b"d")
+    entries[60] = A.RawEntry(b"plain/005.txt", b"duplicate")
+    entries[70] = A.RawEntry(b"plain/sub/", b"")
+    entries[80] = A.RawEntry(b"../up.txt", b"u")
+    entries[90] = A.RawEntry("plain/ü.txt".encode(), b"flagged", flags=0x800)
+    path = tmp_path / "mixed.zip"
+    A.write_raw_zip(path, entries + [A.RawEntry(b"plain/sub/deep.txt", b"deep")], zip64=True)
+    monkeypatch.setattr(zipindex, "CD_CHUNK", 2048)
+    index = index_of(path)
+    same_index(index, index_exactly(path, monkeypatch))
+    names = {name for name, _ in index.list("plain", False)}
+    assert {"PK\x01\x02sig.txt", "extra.txt", "naïve.txt", "café.txt", "dot.txt", "ü.txt",
+            "sub/"} <= names
+    assert index.member("plain/005.txt").size == len(b"duplicate")
+    assert index.member("../up.txt").size == 1
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.text(alphabet="ab/.é\x00", max_size=8),
+                          st.sampled_from([b"", b"PK\x01\x02", b"\x01\x00\x00\x00", b"up"])),
+                min_size=1, max_size=40), st.integers(60, 400))
+def test_fuzz_fast_scan_agrees_with_the_exact_parse(monkeypatch, spec, chunk):
+    entries = [A.RawEntry(name.encode(), name.encode(), flags=0x800,
+                          extra=(struct.pack("<HH", 0xCAFE, len(extra)) + extra) if extra else b"")
+               for name, extra in spec]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "f.zip")
+        A.write_raw_zip(path, entries)
+        monkeypatch.setattr(zipindex, "CD_CHUNK", chunk)
+        same_index(index_of(path), index_exactly(path, monkeypatch))
+
+
+def test_a_folder_listing_reads_its_local_headers_in_one_window(workdir):
+    path, _ = A.build_many_entries(workdir / "window")
+    index = index_of(path)
+    folder = [i for _, i in index.entries("d007", False)]
+    assert len(folder) == 1000
+    with path.open("rb") as raw:
+        f = CountingReader(raw)
+        starts = index.data_starts(f, folder)
+        assert f.reads == 1  # 1,000 neighbouring headers, one read
+        expected = [data_offset(raw, index.member_at(i), index.size) for i in folder]
+    assert starts == expected
+
+
+def test_isolated_headers_are_estimated_only_when_asked(tmp_path):
+    big = random_bytes(zipindex.HEADER_GAP * 2)
+    files = {"a.bin": big, "b.bin": big, "c.txt": b"c", "d.txt": b"d"}
+    path, _ = A.build_pyzip(tmp_path, files, "store", dir_entries=False)
+    index = index_of(path)
+    entries = [i for _, i in index.entries("", True) if i >= 0]
+    assert len(entries) == 4
+    with path.open("rb") as raw:
+        f = CountingReader(raw)
+        exact = index.data_starts(f, entries)
+        assert f.reads == 3  # a.bin, b.bin, then c.txt and d.txt together
+        f.reads = 0
+        estimated = index.data_starts(f, entries, estimate_isolated=True)
+        assert f.reads == 1 and estimated == exact  # zipfile writes the same extra fields
+
+
+def random_bytes(n: int) -> bytes:
+    import random
+    return random.Random(n).randbytes(n)
+
+
+def test_the_index_is_compact(workdir):
+    path, files = A.build_many_entries(workdir / "compact")
+    index = index_of(path)
+    names = sum(len(name) + 1 for name in files)
+    assert index.nbytes < 60 * len(files) + names + 64 * 1024
+
+
+# ------------------------------------------------------------------------------ get_from
+
+
+def test_one_parse_serves_every_request_waiting_for_it(tmp_path):
+    path, _ = A.build_many_entries(tmp_path, 20_000)
+    cache = IndexCache(4, 100_000, 1 << 30)
+    opened = []
+
+    def open_file():
+        opened.append(1)
+        time.sleep(0.2)  # a slow store: the other requests arrive meanwhile
+        return path.open("rb")
+
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(
+        cache.get_from("k", (1,), path.stat().st_size, open_file))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(opened) == 1 and len(results) == 6 and all(r is results[0] for r in results)
+    assert cache.get_from("k", (1,), path.stat().st_size, open_file) is results[0]
+    assert cache.get_from("k", (2,), path.stat().st_size, open_file) is not results[0]
+    assert len(opened) == 2
+
+
+def test_a_failed_parse_fails_every_waiting_request_and_is_tried_again(tmp_path):
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not an archive" * 10)
+    cache = IndexCache(4, 1000, 1 << 20)
+    for _ in range(2):
+        with pytest.raises(CorruptArchive):
+            cache.get_from("bad", (1,), bad.stat().st_size, lambda: bad.open("rb"))
+
+
+def test_cache_is_bounded_by_bytes(tmp_path):
+    path, _ = A.build_many_entries(tmp_path, 20_000)
+    size = path.stat().st_size
+    one = index_of(path).nbytes
+    cache = IndexCache(64, 100_000, 1 << 30, max_bytes=int(one * 2.5))
+    first = cache.get_from("a", (1,), size, lambda: path.open("rb"))
+    cache.get_from("b", (1,), size, lambda: path.open("rb"))
+    assert cache.get_from("a", (1,), size, lambda: path.open("rb")) is first
+    cache.get_from("c", (1,), size, lambda: path.open("rb"))  # over budget: "b" goes
+    assert cache.get_from("a", (1,), size, lambda: path.open("rb")) is first
+    assert cache.get_from("b", (1,), size, lambda: path.open("rb")) is not None
+    assert cache.get_from("c", (1,), size, lambda: path.open("rb")) is not first
+
+
+# ------------------------------------------------------------------------------ saved indexes
+
+
+def test_a_saved_index_reads_back_the_same(built, tmp_path):
+    from storagefs.server import indexfile
+
+    label, path, _ = built
+    index = index_of(path)
+    indexfile.save(index, tmp_path / "saved")
+    loaded = indexfile.load(tmp_path / "saved", index.size)
+    assert loaded is not None
+    same_index(loaded, index)
+    with path.open("rb") as f:
+        entries = [i for _, i in index.entries("", True) if i >= 0]
+        assert loaded.data_starts(f, entries) == index.data_starts(f, entries)
+    assert indexfile.load(tmp_path / "saved", index.size + 1) is None  # another archive
+    (tmp_path / "cut").write_bytes((tmp_path / "saved").read_bytes()[:-9])
+    assert indexfile.load(tmp_path / "cut", index.size) is None
+    assert indexfile.load(tmp_path / "missing", index.size) is None
+
+
+def test_a_big_index_is_saved_and_mapped_by_the_next_process(tmp_path, monkeypatch):
+    from storagefs.server import indexcache
+
+    monkeypatch.setattr(indexcache, "SAVE_MIN_ENTRIES", 1000)
+    path, _ = A.build_many_entries(tmp_path, 5_000)
+    folder = tmp_path / "indexes"
+    first = IndexCache(4, 100_000, 1 << 30, folder=folder).get(path)
+    assert len([p for p in folder.iterdir() if not p.name.endswith(".lock")]) == 1
+    opened = []
+    later = IndexCache(4, 100_000, 1 << 30, folder=folder)  # a restarted server
+
+    def open_file():
+        opened.append(1)
+        return path.open("rb")
+
+    stat = path.stat()
+    again = later.get_from(str(path), (stat.st_size, stat.st_mtime_ns, stat.st_ino),
+                           stat.st_size, open_file)
+    assert opened == [] and again.list("d003", False) == first.list("d003", False)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    later.get(path)  # a new version: parsed, saved, the old file removed
+    assert len([p for p in folder.iterdir() if not p.name.endswith(".lock")]) == 1
+    small, _ = A.build_pyzip(tmp_path, {"a": b"a"}, "store", name="small.zip")
+    later.get(small)  # not worth a file
+    assert len([p for p in folder.iterdir() if not p.name.endswith(".lock")]) == 1
+
+
+@pytest.mark.parametrize("offsets", [
+    [i * 60_000 for i in range(200)],  # dense: split by the window's size only
+    [0, 10, 10 + zipindex.HEADER_GAP + 1, 10 + zipindex.HEADER_GAP + 50, 1 << 30],
+    [5], []])
+def test_header_windows(offsets):
+    windows = list(zipindex._windows(offsets))
+    assert [p for p, _ in windows] == ([0] + [q for _, q in windows[:-1]] if offsets else [])
+    assert (windows[-1][1] if windows else 0) == len(offsets)
+    for p, q in windows:
+        assert offsets[q - 1] + 30 - offsets[p] <= zipindex.HEADER_WINDOW or q == p + 1
+        assert all(b - a <= zipindex.HEADER_GAP for a, b in zip(offsets[p:q], offsets[p + 1:q]))
+        if q < len(offsets):  # the next header could not have joined
+            assert (offsets[q] - offsets[q - 1] > zipindex.HEADER_GAP
+                    or offsets[q] + 30 - offsets[p] > zipindex.HEADER_WINDOW)

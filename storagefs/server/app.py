@@ -7,7 +7,6 @@ logged and answered as a 500 without a traceback.
 
 from __future__ import annotations
 
-import datetime as dt
 import hmac
 import logging
 import os
@@ -19,7 +18,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,7 +26,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .. import __version__, protocol
 from ..config import ServerConfig
 from ..errors import AuthenticationError, InvalidRequest, NotFound, StorageError
-from ..gcpause import gc_paused
 from .indexcache import IndexCache
 from .listingcache import CachedListings, ListingCache
 from .metrics import Metrics, MetricsMiddleware
@@ -37,7 +35,8 @@ from .remote import check_outbound_url, export_multipart, fetch_into
 from .s3store import BucketRecords, S3Location, S3Store
 from .signing import OBJECT_PREFIX, Signer
 from .store import RESERVED, Entry, LocalStore, Store, plan_copy
-from .zipindex import DosTime, Member, ZipIndex, data_offset, data_offsets
+from .zipindex import ZipIndex, data_offset
+from .ziplisting import ArchiveOpener, Listing, zip_listing
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,6 @@ _GLUED_PREFIX = re.compile(r"^/*(artifacts|sim_dir)([^/].*)$")
 
 
 _UPLOAD_BATCH = 1024 * 1024
-ArchiveOpener = Callable[[], BinaryIO]  # opens an archive's bytes for reading; a context manager
 # Accepted on every storage endpoint; this server has one region and ignores the provider.
 Region = Annotated[str | None, Query()]
 Provider = Annotated[str | None, Query()]
@@ -107,7 +105,9 @@ class StorageService:
         self.local = self.store if isinstance(self.store, LocalStore) else None
         self.signer = Signer(config.signing_key, config.signed_url_ttl_s)
         self.zips = IndexCache(config.zip_index_cache_entries, config.max_zip_entries,
-                               config.max_central_directory_bytes)
+                               config.max_central_directory_bytes, config.zip_index_cache_bytes,
+                               folder=None if self.local is None
+                               else self.local.root / RESERVED / "zipindex")
         shared: Records
         self.listings: ListingCache | NoListingCache
         if self.local is not None:
@@ -196,22 +196,13 @@ class StorageService:
         size = entry.size or 0  # the bytes are elsewhere: the index is read by ranged GETs
         return opener, self.zips.get_from(entry.path, (entry.version, size), size, opener)
 
-    def zip_listing(self, path: str, zip_relative_path: str, recursive: bool) -> dict:
-        """The ``ZipListing`` JSON, built directly: 1e5 entries are 1e5 dicts, not objects too."""
+    def zip_listing(self, path: str, zip_relative_path: str, recursive: bool) -> Listing:
+        """The ``ZipListing`` JSON: a dict, or for a long listing its text in pieces."""
         opener, index = self.archive(path)
-        items = index.list(zip_relative_path, recursive)
-        if not items:
-            glued = _GLUED_PREFIX.match(zip_relative_path or "")
-            if glued:
-                items = index.list(f"{glued[1]}/{glued[2]}", recursive)
-        with opener() as handle:
-            starts = data_offsets(handle, [m for _, m in items if m is not None], index.size)
-        starts.reverse()  # popped in listing order below
-        times: dict[DosTime, str | None] = {}  # DOS times have a 2 s step: many members share one
-        with gc_paused():
-            entries = [_zip_entry(name, member, None if member is None else starts.pop(), times)
-                       for name, member in items]
-        return {"size": index.size, "contents": entries}
+        glued = _GLUED_PREFIX.match(zip_relative_path or "")
+        if glued and index.count_under(zip_relative_path) == 0:
+            zip_relative_path = f"{glued[1]}/{glued[2]}"
+        return zip_listing(index, opener, zip_relative_path, recursive)
 
     def zip_range(self, path: str, filename: str, zip_relative_path: str) -> protocol.ZipRange:
         opener, index = self.archive(path)
@@ -240,31 +231,6 @@ def _sorted(files: list[protocol.StorageFile], sort_by: str,
     missing = sorted((f for f in files if key(f) is None), key=lambda f: f.name)
     present.sort(key=lambda f: (key(f), f.name), reverse=(order == "desc"))
     return present + missing
-
-
-def _zip_entry(name: str, member: Member | None, start: int | None,
-               times: dict[DosTime, str | None]) -> dict:
-    """One ``protocol.ZipEntry`` as JSON (the same fields, in the same order, as its to_json)."""
-    if member is None:
-        return {"name": name, "size": 0, "compressed_size": 0, "range_start": None,
-                "creation_time": None, "compress_type": 0, "crc32": None}
-    when = times.get(member.date_time, False)
-    if when is False:
-        when = times[member.date_time] = _dos_time(member.date_time)
-    if member.name.endswith("/"):
-        return {"name": name, "size": 0, "compressed_size": 0, "range_start": start,
-                "creation_time": when, "compress_type": 0, "crc32": None}
-    return {"name": name, "size": member.size, "compressed_size": member.compressed_size,
-            "range_start": start, "creation_time": when,
-            "compress_type": member.compress_type, "crc32": member.crc}
-
-
-def _dos_time(date_time: DosTime) -> str | None:
-    """A DOS time as ISO 8601 in UTC (as ``protocol.format_time``), None if it is no date."""
-    try:
-        return dt.datetime(*date_time, tzinfo=dt.timezone.utc).isoformat()
-    except (TypeError, ValueError):  # DOS fields can hold month 0 or second 60
-        return None
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -362,9 +328,11 @@ def create_app(config: ServerConfig) -> FastAPI:
                      provider_id: Provider = None) -> Response:
         service.check_region(region)
         validator = service.listings.validator(protocol.ZIP_CONTENTS, path)
+        listing = service.zip_listing(path, zip_relative_path, recursive)
+        if not isinstance(listing, dict):  # too long to build whole: streamed, not stored
+            return StreamingResponse(listing, media_type="application/json")
         # A JSONResponse skips FastAPI's re-encoding, which costs seconds on 1e5 entries.
-        return _stored(request, path, validator,
-                       service.zip_listing(path, zip_relative_path, recursive))
+        return _stored(request, path, validator, listing)
 
     @api.get(protocol.ZIP_FILE_RANGE)
     def zip_file_range(filename: str, path: str, zip_relative_path: str = "",
