@@ -19,7 +19,7 @@ from storagefs.errors import InvalidRequest, NotFound
 from storagefs.server import s3store
 from storagefs.server.remote import export_multipart
 from storagefs.server.s3store import S3Location, S3Store
-from storagefs.server.zipindex import data_offsets, read_index
+from storagefs.server.zipindex import read_index
 
 from s3harness import KINDS, credentials_env, start_s3_server
 from serverharness import KEY
@@ -144,7 +144,7 @@ def test_local_headers_of_neighbours_come_in_few_gets(store):
     with handle:
         index = read_index(handle, entry.size or 0, max_entries=1000, max_cd_bytes=MiB)
         before = handle.requests  # type: ignore[attr-defined]
-        starts = data_offsets(handle, index.members, index.size)
+        starts = index.data_starts(handle, range(index.count))
         gets = handle.requests - before  # type: ignore[attr-defined]
     with zipfile.ZipFile(buffer) as zf:
         assert starts == [i.header_offset + 30 + len(i.filename) for i in zf.infolist()]
