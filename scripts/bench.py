@@ -223,8 +223,8 @@ _ARCHIVES = {BIG_ZIP: (_build_big, ("big", "small"), 1),
              PARALLEL_ZIP: (_build_parallel, ("parallel",), 1),
              MANY_ZIP: (_build_many, ("many",), 2),
              DB_ZIP: (_build_db_zip, ("db_rows",), 1),
-             TASK_7ZIP: (_build_task_7zip, ("task_csv", "task_bin"), 1),
-             TASK_STREAM: (_build_task_stream, ("task_csv", "task_bin"), 1)}
+             TASK_7ZIP: (_build_task_7zip, ("task_csv", "task_bin"), 2),
+             TASK_STREAM: (_build_task_stream, ("task_csv", "task_bin"), 2)}
 
 
 def build_corpus(sizes: Sizes, quick: bool) -> Path:
@@ -395,6 +395,59 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of a process, by thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        found[tid] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def thread_stages(pid: int, before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each stage of the daemon spent since ``before`` (``thread_cpu``), by the
+    Python names of its threads (``py-spy dump``): ``storagefs-decode``, ``storagefs-fetch``,
+    and ``fuse`` for libfuse's threads (the read path: fusepy, the copies); by thread id when
+    py-spy is not installed. Measured without a profiler slowing the daemon down."""
+    after = thread_cpu(pid)
+    names: dict[str, str] = {}
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if os.path.exists(spy):
+        dump = subprocess.run([spy, "dump", "-p", str(pid)], capture_output=True, text=True,
+                              timeout=60).stdout
+        for line in dump.splitlines():
+            if line.startswith("Thread "):
+                tid = line.split()[1]
+                name = line.split('"')[1] if '"' in line else "fuse"
+                name = name.rstrip("0123456789").rstrip("_-")
+                names[tid] = "fuse" if name in ("Dummy", "fuse") else name
+    stages: dict[str, float] = {}
+    for tid, seconds in after.items():
+        spent = seconds - before.get(tid, 0.0)
+        if spent > 0:
+            name = names.get(tid, "fuse" if names else f"thread {tid}")
+            stages[name] = round(stages.get(name, 0.0) + spent, 3)
+    return stages
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children (the server's workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return cpu_seconds(pid) + sum(cpu_seconds(int(c)) for c in children)
+
+
 def _unmount(mountpoint: Path, process: subprocess.Popen) -> None:
     for cmd in (["fusermount", "-u", str(mountpoint)], ["fusermount", "-uz", str(mountpoint)]):
         if process.poll() is not None and not os.path.ismount(mountpoint):
@@ -536,6 +589,23 @@ def _run_timed(cmd: list[str], timeout: float, stdout=subprocess.DEVNULL) -> flo
     return elapsed
 
 
+def _run_timed_cpu(cmd: list[str], timeout: float) -> tuple[float, float]:
+    """Wall seconds and the command's own CPU seconds (for ``cat``: the kernel's copies)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        timer.cancel()
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({process.returncode})")
+    return elapsed, usage.ru_utime + usage.ru_stime
+
+
 _PREADS = r"""
 import json, os, sys, time
 path, offsets = sys.argv[1], json.loads(sys.argv[2])
@@ -648,8 +718,8 @@ def profile_summary(raw: Path, title: str) -> str:
         own[frames[-1]] = own.get(frames[-1], 0) + int(count)
         for frame in set(frames):
             within[frame] = within.get(frame, 0) + int(count)
-    out = [title, f"{total} samples (threads on the CPU); own time, then time within, "
-                  "then by thread"]
+    out = [title, f"{total} samples (the thread holding the GIL); own time, then time "
+                  "within, then by thread"]
     for table, n in ((own, 30), (within, 40), (threads, 20)):
         for frame, count in sorted(table.items(), key=lambda kv: -kv[1])[:n]:
             out.append(f"{100 * count / max(total, 1):5.1f}%  {frame}")
@@ -788,10 +858,10 @@ class Bench:
             self.profile(m, ["ls", "-lR", str(m.archive_dir)], f"ls-{system.name}")
 
     def profile(self, m: Mounted, command: list[str], label: str) -> None:
-        """Run ``command`` with py-spy recording the daemon: all threads (``--idle`` off:
-        samples of threads on the CPU or holding the GIL), raw stacks and the top functions
-        (own time, time within, by thread) in ``--profile`` DIR. Apart from the timed runs:
-        the profiler slows the daemon down."""
+        """Run ``command`` with py-spy recording the daemon's thread that holds the GIL
+        (``--gil``: the Python side; the stages' CPU in the results shows the native side),
+        raw stacks and the top functions (own time, time within, by thread) in
+        ``--profile`` DIR. Apart from the timed runs: the profiler slows the daemon down."""
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not os.path.exists(spy):
             print("  --profile: py-spy is not installed (pip install -e '.[bench]')",
@@ -800,7 +870,7 @@ class Bench:
         self.args.profile.mkdir(parents=True, exist_ok=True)
         raw = self.args.profile / f"{label}.txt"
         recorder = subprocess.Popen([spy, "record", "-p", str(m.pid), "-o", str(raw),
-                                     "--format", "raw", "--threads", "--native", "-r", "250"],
+                                     "--format", "raw", "--threads", "--gil", "-r", "250"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
         cpu = cpu_seconds(m.pid)
@@ -824,9 +894,13 @@ class Bench:
                 path = str(m.archive_dir / TASK_MEMBER)
                 rss = RssSampler(m.pid)
                 before = self.server.metrics()
+                assert self.server.process is not None
+                threads, server_cpu = thread_cpu(m.pid), tree_cpu(self.server.process.pid)
                 cpu = cpu_seconds(m.pid)
-                first = _run_timed(["cat", path], self.timeout)
+                first, cat_cpu = _run_timed_cpu(["cat", path], self.timeout)
                 cpu = cpu_seconds(m.pid) - cpu
+                threads = thread_stages(m.pid, threads)
+                server_cpu = tree_cpu(self.server.process.pid) - server_cpu
                 moved = traffic(before, self.server.metrics())
                 second = _run_timed(["cat", path], self.timeout)
                 memory = rss.stop()
@@ -841,7 +915,9 @@ class Bench:
                             "over_unzip": floors["unzip_cold_s"] / first,
                             "over_inflate": inflate["seconds"] / first,
                             "again_s": second, "again_ratio": second / first,
-                            "daemon_cpu_s": cpu, "traffic": moved, "memory": memory,
+                            "daemon_cpu_s": cpu, "daemon_threads_cpu_s": threads,
+                            "server_cpu_s": server_cpu, "cat_cpu_s": cat_cpu,
+                            "traffic": moved, "memory": memory,
                             "floors": floors}
         return result
 

@@ -29,7 +29,8 @@ def csv_chunks(seed: int, total: int, chunk: int = 4 * MiB) -> Iterator[bytes]:
     """Probe samples as a solver writes them: a step, a time and eight float columns in
     ``%.8e`` (numpy's savetxt style); the digits are noise, as in real measurements."""
     rng = random.Random(seed)
-    pool = [f"{rng.gauss(0.0, 1.0) * 10 ** rng.randrange(-3, 3):.8e}" for _ in range(400_000)]
+    pool = [f"{rng.gauss(0.0, 1.0) * 10 ** rng.randrange(-3, 3):.8e}"
+            for _ in range(max(1000, min(400_000, total // 15)))]
     header = b"step,time,p,Ux,Uy,Uz,k,epsilon,nut,T\n"
     written, step = 0, 0
     pending = header
@@ -49,11 +50,12 @@ def binary_chunks(seed: int, total: int, chunk: int = 4 * MiB) -> Iterator[bytes
     percent, from the exponents and signs."""
     rng = random.Random(seed)
     pool = array.array("d", (1.5 + 0.3 * rng.random() + rng.gauss(0.0, 0.05)
-                             for _ in range(1 << 20))).tobytes()
+                             for _ in range(max(1 << 12, min(1 << 20, total // 8))))).tobytes()
     written = 0
     while written < total:
-        start = rng.randrange(0, len(pool) // 8 - chunk // 8) * 8
-        data = pool[start:start + chunk][:total - written]
+        want = min(chunk, total - written, len(pool) // 2)
+        start = rng.randrange(0, (len(pool) - want) // 8 + 1) * 8
+        data = pool[start:start + want]
         written += len(data)
         yield data
 
