@@ -75,7 +75,7 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import requests
 
@@ -720,9 +720,9 @@ def profile_summary(raw: Path, title: str) -> str:
             within[frame] = within.get(frame, 0) + int(count)
     out = [title, f"{total} samples (the thread holding the GIL); own time, then time "
                   "within, then by thread"]
-    for table, n in ((own, 30), (within, 40), (threads, 20)):
-        for frame, count in sorted(table.items(), key=lambda kv: -kv[1])[:n]:
-            out.append(f"{100 * count / max(total, 1):5.1f}%  {frame}")
+    for counts, n in ((own, 30), (within, 40), (threads, 20)):
+        for frame, samples in sorted(counts.items(), key=lambda kv: -kv[1])[:n]:
+            out.append(f"{100 * samples / max(total, 1):5.1f}%  {frame}")
         out.append("")
     return "\n".join(out)
 
@@ -741,8 +741,10 @@ class Bench:
         self._floors: dict[tuple[str, str], dict] = {}
         self._trivial: dict | None = None
 
-    def cold(self) -> None:
-        self.dropped = drop_caches() and self.dropped
+    def cold(self) -> bool:
+        dropped = drop_caches()
+        self.dropped = dropped and self.dropped
+        return dropped
 
     def member_path(self, m: Mounted, member: str) -> Path:
         return m.archive_dir / member
@@ -825,6 +827,7 @@ class Bench:
             self.cold()
             rss = RssSampler(m.pid)
             before = self.server.metrics()
+            assert self.server.process is not None
             cpu = cpu_seconds(m.pid), cpu_seconds(self.server.process.pid)
             with out.open("w") as listing:
                 ls_s = _run_timed(["ls", "-lR", str(m.archive_dir)], self.timeout, listing)
@@ -1321,13 +1324,15 @@ def _format(value: float | None, line: Line) -> str:
 
 def module_lines(row: str, found: list[benchrows.RowLine]) -> list[Line]:
     """A module row's lines as the table's own (its figures, targets and verdicts)."""
-    out = []
-    for i, line in enumerate(found):
-        check = None if line.passed is None else (lambda v, p=line.passed: p)
-        out.append(Line(row if i == 0 else row, ("  " if i else "") + line.what, line.target,
-                        check, lambda r, i=i: r["modules"][row][i].value, line.unit,
-                        line.digits))
-    return out
+
+    def verdict(passed: bool | None) -> Callable[[float], bool] | None:
+        return None if passed is None else (lambda value: passed)
+
+    def figure(index: int) -> Callable[[dict], float | None]:
+        return lambda result: result["modules"][row][index].value
+
+    return [Line(row, ("  " if i else "") + line.what, line.target, verdict(line.passed),
+                 figure(i), line.unit, line.digits) for i, line in enumerate(found)]
 
 
 def render(results: dict[str, dict], sizes: Sizes, rows: list[str]) -> tuple[str, list[dict]]:
@@ -1340,8 +1345,8 @@ def render(results: dict[str, dict], sizes: Sizes, rows: list[str]) -> tuple[str
         row_lines = lines(sizes)[row] if found is None else module_lines(row, found)
         for index, line in enumerate(row_lines):
             shown.append(line)
-            entry = {"row": line.row, "what": line.what.strip(), "target": line.target,
-                     "unit": line.unit}
+            entry: dict[str, Any] = {"row": line.row, "what": line.what.strip(),
+                                     "target": line.target, "unit": line.unit}
             for name in systems:
                 result = results[name]
                 if found is not None:

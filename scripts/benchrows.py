@@ -57,7 +57,8 @@ class RowLine:
 
 
 def _line(raw: Any) -> RowLine:
-    data = dataclasses.asdict(raw) if dataclasses.is_dataclass(raw) else dict(raw)
+    is_row = dataclasses.is_dataclass(raw) and not isinstance(raw, type)
+    data = dataclasses.asdict(raw) if is_row else dict(raw)
     value = data.get("value")
     passed = data.get("pass", data.get("passed", data.get("ok")))
     target = str(data.get("target") or "")

@@ -64,7 +64,7 @@ class TrivialFS(Operations):
     No extended attributes, as in the mount: libfuse answers ENOSYS and the kernel stops
     asking (fusepy's default answer, ENOTSUP, would cost a call per file listed)."""
 
-    getxattr = listxattr = None  # type: ignore[assignment]
+    getxattr = listxattr = None
 
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
