@@ -1448,7 +1448,7 @@ def run_module_rows(args: argparse.Namespace, sizes: Sizes, work: Path, rows: li
                "timeout": 3600.0, "drop_caches": drop_caches, "peer": args.peer}
     found = results["storagefs"].setdefault("modules", {})
     for row in rows:
-        print(f"row {row} ({benchrows.REGISTRY[row][0]}) ...", flush=True)
+        print(f"{row} (scripts/{benchrows.REGISTRY[row][0]}.py) ...", flush=True)
         started = time.monotonic()
         found[row] = benchrows.run_row(row, options)
         notes = [line.note for line in found[row] if line.note]
