@@ -1196,9 +1196,12 @@ class Line:
     floor: bool = False  # measured once for the run (shown in the storagefs column only)
 
 
+def _inflate(floors: dict) -> dict:
+    return floors["inflate"].get("zlib-ng") or floors["inflate"]["zlib"]
+
+
 def _inflate_mb_s(floors: dict) -> float:
-    inflate = floors["inflate"]
-    return (inflate.get("zlib-ng") or inflate["zlib"])["mb_s"]
+    return _inflate(floors)["mb_s"]
 
 
 def _task_lines(sizes: Sizes, key: str, label: str) -> list[Line]:
@@ -1214,6 +1217,15 @@ def _task_lines(sizes: Sizes, key: str, label: str) -> list[Line]:
              lambda r: _inflate_mb_s(r["task"][key]["floors"]), "MB/s", 0, floor=True),
         Line("9", "  mount speed / in-process inflate", "", None,
              lambda r: r["task"][key]["over_inflate"], "x"),
+        Line("9", "  CPU: daemon / in-process inflate (zlib-ng)", "", None,
+             lambda r: r["task"][key]["daemon_cpu_s"] / _inflate(r["task"][key]["floors"])[
+                 "cpu_s"], "x"),
+        Line("9", "  CPU: decode stage / in-process inflate + CRC", "", None,
+             lambda r: r["task"][key]["daemon_threads_cpu_s"]["storagefs-decode"] / _inflate(
+                 r["task"][key]["floors"])["with_crc_cpu_s"], "x"),
+        Line("9", "  CPU: unzip -p / daemon", "", None,
+             lambda r: r["task"][key]["floors"]["unzip_cpu_s"] / r["task"][key]["daemon_cpu_s"],
+             "x"),
         Line("9", "  compressed / size", "", None,
              lambda r: r["task"][key]["floors"]["ratio"], "x", 3, floor=True),
         Line("9", "  cat again, same mount: time / first", "<= 0.5", lambda v: v <= 0.5,

@@ -9,6 +9,7 @@ before or after the mount's figures, so a busy machine slows all of them alike.
 
 from __future__ import annotations
 
+import resource
 import struct
 import subprocess
 import time
@@ -21,16 +22,20 @@ CHUNK = 1 << 20  # compressed bytes handed to the decoder at a time, as the moun
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 
 
-def unzip_p(archive: Path, member: str, timeout: float) -> float:
-    """Seconds for ``unzip -p ARCHIVE MEMBER > /dev/null``."""
+def unzip_p(archive: Path, member: str, timeout: float) -> tuple[float, float]:
+    """Wall and CPU seconds of ``unzip -p ARCHIVE MEMBER > /dev/null`` (CPU time is what a
+    busy machine does not change)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(["unzip", "-p", str(archive), member], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, timeout=timeout)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"unzip -p failed ({done.returncode}): "
                            f"{done.stderr.decode(errors='replace')[-300:]}")
-    return elapsed
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return elapsed, cpu
 
 
 def compressed_bytes(archive: Path, member: str) -> tuple[bytes, zipfile.ZipInfo]:
@@ -66,12 +71,12 @@ def _decoders() -> dict[str, tuple[Callable, Callable]]:
 
 
 def inflate(data: bytes, expected_size: int, expected_crc: int, library: str = "zlib-ng",
-            check_crc: bool = True) -> float:
-    """Seconds to inflate ``data`` in 1 MiB pieces (and CRC the output when asked); checks
-    the result, so a wrong floor cannot pass unnoticed."""
+            check_crc: bool = True) -> tuple[float, float]:
+    """Wall and CPU seconds to inflate ``data`` in 1 MiB pieces (and CRC the output when
+    asked); checks the result, so a wrong floor cannot pass unnoticed."""
     decompressobj, crc32 = _decoders()[library]
     view = memoryview(data)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     decoder = decompressobj(-15)
     size, crc = 0, 0
     for start in range(0, len(view), CHUNK):
@@ -83,28 +88,30 @@ def inflate(data: bytes, expected_size: int, expected_crc: int, library: str = "
     size += len(out)
     if check_crc:
         crc = crc32(out, crc)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.thread_time() - cpu
     if size != expected_size or (check_crc and crc != expected_crc):
         raise RuntimeError(f"in-process inflate gave {size} bytes, crc {crc:#x}; "
                            f"expected {expected_size}, {expected_crc:#x}")
-    return elapsed
+    return elapsed, cpu
 
 
 def measure(archive: Path, member: str, timeout: float, drop_caches: Callable[[], bool]) -> dict:
     """Every floor of one member, in one go: ``unzip -p`` cold and warm, then in-process
     inflate with each library installed (best of two, bytes in memory)."""
     drop_caches()
-    cold = unzip_p(archive, member, timeout)
-    warm = unzip_p(archive, member, timeout)
+    cold, cold_cpu = unzip_p(archive, member, timeout)
+    warm, _ = unzip_p(archive, member, timeout)
     data, info = compressed_bytes(archive, member)
     size = info.file_size
     result: dict = {"member": member, "size": size, "compressed": info.compress_size,
                     "ratio": info.compress_size / max(size, 1),
-                    "unzip_cold_s": cold, "unzip_warm_s": warm,
+                    "unzip_cold_s": cold, "unzip_warm_s": warm, "unzip_cpu_s": cold_cpu,
                     "unzip_mb_s": size / cold / 1e6, "inflate": {}}
     for library in _decoders():
-        bare = min(inflate(data, size, info.CRC, library, check_crc=False) for _ in range(2))
-        with_crc = inflate(data, size, info.CRC, library, check_crc=True)
+        bare, bare_cpu = min(inflate(data, size, info.CRC, library, check_crc=False)
+                             for _ in range(2))
+        with_crc, with_crc_cpu = inflate(data, size, info.CRC, library, check_crc=True)
         result["inflate"][library] = {"seconds": bare, "mb_s": size / bare / 1e6,
-                                      "with_crc_s": with_crc}
+                                      "cpu_s": bare_cpu, "with_crc_s": with_crc,
+                                      "with_crc_cpu_s": with_crc_cpu}
     return result
