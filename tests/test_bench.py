@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -137,10 +138,13 @@ def test_bench_quick_produces_a_table(tmp_path):
     assert report["quick"] is True and report["commit"]
     table = report["table"]
     assert {line["row"] for line in table} == set(rows.split(","))
+    py_spy = Path(sys.executable).with_name("py-spy").exists() or shutil.which("py-spy")
     for line in table:
         if line["row"] == "seek" and line.get("storagefs_error"):
             assert line["storagefs_error"].startswith("not available")
             continue
+        if "decode stage" in line["what"] and not py_spy:
+            continue  # threads are named through py-spy (the bench extra)
         assert isinstance(line["storagefs"], (int, float)), line
         if line["target"]:
             assert line["pass"] in (True, False), line
