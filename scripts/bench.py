@@ -11,7 +11,8 @@ file, or measure the daemon's own caches.
 Rows (targets from the issue; the JSON has the details behind each figure):
 
 1. ``cat`` of a 512 MiB deflated text member: throughput through the mount over ``unzip -p``
-   of the same archive on local disk (>= 2.0), and object bytes fetched over the member's
+   of the same archive on local disk (>= 2.0; beside it the floors, ``benchfloors``: ``unzip
+   -p`` and in-process zlib-ng inflate of the member), and object bytes fetched over the member's
    compressed size (<= 1.05). Again: a second ``cat`` on the same mount, its time over the
    first's (<= 0.5: the kernel's page cache).
 2. cold ``cat`` of a small member stored after the large one: HTTP requests the mount made,
@@ -20,7 +21,9 @@ Rows (targets from the issue; the JSON has the details behind each figure):
    after that pass: median and p95 (warm: <= 15 ms and <= 40 ms). A pass stops at its time
    budget; the figures then cover the reads done.
 4. ``ls -lR`` of an archive of 100,000 members on a fresh mount *and* a freshly started server:
-   time (<= 5 s) and the daemon's peak RSS (<= 200 MB).
+   time (<= 5 s), over the same on ``trivialfs.py`` (an in-memory fusepy file system with the
+   same tree, the floor; <= 1.3), again on the same mount (warm, <= 1.5 s), and the daemon's
+   peak RSS (<= 200 MB).
 5. eight ``cat`` s of eight different members at once: aggregate throughput over one ``cat``
    alone (>= 1.5).
 6. the daemon's peak RSS during rows 1 and 5 (<= cache size + 100 MB).
@@ -39,6 +42,16 @@ Rows (targets from the issue; the JSON has the details behind each figure):
    core). Missing ``ab`` or nginx are installed with ``scripts/install-system-deps.sh --bench``
    when possible, otherwise the row says what is missing. This row needs no corpus or mount.
 
+9. (``task``) ``cat`` of the 320 MiB CSV member of archives made as Inductiva's task runner makes
+   them (``taskarchives``: ``7zz a -tzip -mx=1 -mmt=on``, and stream-zip), cold: over ``unzip
+   -p`` (>= 2.0), beside in-process inflate, with the CPU of the daemon and of each of its
+   stages (threads named through ``py-spy dump``) against the floors' CPU; again on the same
+   mount (<= 0.5 of the first).
+
+Rows with modules of their own (``seek``, ``link``, ``s3``, ``listing``, ``bigarchive``:
+``scripts/bench_NAME.py``, ``run(...) -> rows``; ``benchrows`` says how they are called) run
+after these; one whose module is missing is printed as "n/a", not left out.
+
 Requests and bytes come from the server's ``/metrics`` (``storagefs_requests_total``,
 ``storagefs_object_read_bytes_total``); RSS from ``/proc/PID/status`` (VmRSS sampled every
 20 ms, VmHWM) of the process that serves FUSE.
@@ -48,9 +61,9 @@ use), mounting the same archive through the same kind of signed URL (fsspec over
 archive per mount, its index written to a fresh folder each time. It reads the archive's
 directory while mounting, so its requests are counted and its ``ls -lR`` timed from its start.
 
-Usage: ``scripts/bench.py [--quick] [--json PATH] [--rows 1,4,server] [--peer none]``.
-``--quick`` uses a small corpus (a smoke run; the targets are meant for the full one). The
-default rows are 1-7; ``make bench BENCH_ARGS="--rows server"`` runs row 8 alone.
+Usage: ``scripts/bench.py [--quick] [--json PATH] [--rows 1,4,task,server,seek] [--peer none]
+[--profile DIR]``. ``--quick`` uses a small corpus (a smoke run; the targets are meant for the
+full one). The default is every row; ``make bench BENCH_ARGS="--rows server"`` runs row 8 alone.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages storagefs and its tests use, only when something is missing:
-# FUSE (fusermount and libfuse.so.2 for fusepy), zip/unzip and 7-Zip (7zz) to build test archives.
+# FUSE (fusermount and libfuse.so.2 for fusepy), zip/unzip and 7-Zip (7zz, Debian's 7zip) to build
+# test archives and the bench's task-runner archives (unzip -p is also the bench's floor).
 # With --bench: also what the server row of scripts/bench.py uses, ab (apache2-utils) and nginx.
 set -euo pipefail
 
