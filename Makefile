@@ -39,6 +39,7 @@ demo-stop:
 	$(PY) scripts/demo.py stop
 
 bench: install
+	scripts/install-system-deps.sh --bench
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 

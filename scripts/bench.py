@@ -11,7 +11,8 @@ file, or measure the daemon's own caches.
 Rows (targets from the issue; the JSON has the details behind each figure):
 
 1. ``cat`` of a 512 MiB deflated text member: throughput through the mount over ``unzip -p``
-   of the same archive on local disk (>= 2.0), and object bytes fetched over the member's
+   of the same archive on local disk (>= 2.0; beside it the floors, ``benchfloors``: ``unzip
+   -p`` and in-process zlib-ng inflate of the member), and object bytes fetched over the member's
    compressed size (<= 1.05). Again: a second ``cat`` on the same mount, its time over the
    first's (<= 0.5: the kernel's page cache).
 2. cold ``cat`` of a small member stored after the large one: HTTP requests the mount made,
@@ -20,7 +21,9 @@ Rows (targets from the issue; the JSON has the details behind each figure):
    after that pass: median and p95 (warm: <= 15 ms and <= 40 ms). A pass stops at its time
    budget; the figures then cover the reads done.
 4. ``ls -lR`` of an archive of 100,000 members on a fresh mount *and* a freshly started server:
-   time (<= 5 s) and the daemon's peak RSS (<= 200 MB).
+   time (<= 5 s), over the same on ``trivialfs.py`` (an in-memory fusepy file system with the
+   same tree, the floor; <= 1.3), again on the same mount (warm, <= 1.5 s), and the daemon's
+   peak RSS (<= 200 MB).
 5. eight ``cat`` s of eight different members at once: aggregate throughput over one ``cat``
    alone (>= 1.5).
 6. the daemon's peak RSS during rows 1 and 5 (<= cache size + 100 MB).
@@ -39,6 +42,16 @@ Rows (targets from the issue; the JSON has the details behind each figure):
    core). Missing ``ab`` or nginx are installed with ``scripts/install-system-deps.sh --bench``
    when possible, otherwise the row says what is missing. This row needs no corpus or mount.
 
+9. (``task``) ``cat`` of the 320 MiB CSV member of archives made as Inductiva's task runner makes
+   them (``taskarchives``: ``7zz a -tzip -mx=1 -mmt=on``, and stream-zip), cold: over ``unzip
+   -p`` (>= 2.0), beside in-process inflate, with the CPU of the daemon and of each of its
+   stages (threads named through ``py-spy dump``) against the floors' CPU; again on the same
+   mount (<= 0.5 of the first).
+
+Rows with modules of their own (``seek``, ``link``, ``s3``, ``listing``, ``bigarchive``:
+``scripts/bench_NAME.py``, ``run(...) -> rows``; ``benchrows`` says how they are called) run
+after these; one whose module is missing is printed as "n/a", not left out.
+
 Requests and bytes come from the server's ``/metrics`` (``storagefs_requests_total``,
 ``storagefs_object_read_bytes_total``); RSS from ``/proc/PID/status`` (VmRSS sampled every
 20 ms, VmHWM) of the process that serves FUSE.
@@ -48,9 +61,9 @@ use), mounting the same archive through the same kind of signed URL (fsspec over
 archive per mount, its index written to a fresh folder each time. It reads the archive's
 directory while mounting, so its requests are counted and its ``ls -lR`` timed from its start.
 
-Usage: ``scripts/bench.py [--quick] [--json PATH] [--rows 1,4,server] [--peer none]``.
-``--quick`` uses a small corpus (a smoke run; the targets are meant for the full one). The
-default rows are 1-7; ``make bench BENCH_ARGS="--rows server"`` runs row 8 alone.
+Usage: ``scripts/bench.py [--quick] [--json PATH] [--rows 1,4,task,server,seek] [--peer none]
+[--profile DIR]``. ``--quick`` uses a small corpus (a smoke run; the targets are meant for the
+full one). The default is every row; ``make bench BENCH_ARGS="--rows server"`` runs row 8 alone.
 """
 
 from __future__ import annotations
@@ -75,9 +88,13 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import requests
+
+import benchfloors  # scripts/ is on sys.path when this runs as a script
+import benchrows
+import taskarchives
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / ".bench"
@@ -102,17 +119,22 @@ class Sizes:
     reads: int  # random preads per pass (row 3)
     read_budget_s: float  # time budget of one pread pass
     cache: int  # the mount's --cache-size
+    task_csv: int  # the task-runner archives' CSV member (row 9)
+    task_bin: int  # their binary float member
 
 
 FULL = Sizes(big=512 * MiB, small=200_000, parallel=64 * MiB, many=100_000, db_rows=1_000_000,
-             reads=200, read_budget_s=60.0, cache=256 * MiB)
+             reads=200, read_budget_s=60.0, cache=256 * MiB, task_csv=320 * MiB,
+             task_bin=64 * MiB)
 QUICK = Sizes(big=8 * MiB, small=50_000, parallel=1 * MiB, many=2_000, db_rows=20_000,
-              reads=20, read_budget_s=10.0, cache=64 * MiB)
+              reads=20, read_budget_s=10.0, cache=64 * MiB, task_csv=8 * MiB, task_bin=2 * MiB)
 
 BIG_ZIP, BIG_MEMBER, SMALL_MEMBER = "big.zip", "logs/solver.log", "logs/summary.txt"
 PARALLEL_ZIP = "parallel.zip"
 MANY_ZIP = "many.zip"
 DB_ZIP, DB_MEMBER = "db.zip", "results/sim.db"
+TASK_7ZIP, TASK_STREAM = taskarchives.SEVEN_ZIP, taskarchives.STREAM_ZIP
+TASK_MEMBER, TASK_LOG = taskarchives.CSV_MEMBER, 1 * MiB
 QUERY = ("SELECT probe, count(*), avg(value), max(label) FROM samples "
          "WHERE probe BETWEEN 10 AND 14 AND step BETWEEN 2000 AND 6000 GROUP BY probe")
 
@@ -201,11 +223,21 @@ def _build_db_zip(path: Path, sizes: Sizes) -> None:
             shutil.copyfileobj(src, out, MiB)
 
 
+def _build_task_7zip(path: Path, sizes: Sizes) -> None:
+    taskarchives.build_7zip(path, sizes.task_csv, sizes.task_bin, TASK_LOG)
+
+
+def _build_task_stream(path: Path, sizes: Sizes) -> None:
+    taskarchives.build_stream_zip(path, sizes.task_csv, sizes.task_bin, TASK_LOG)
+
+
 # archive -> (builder, the recipe fields it depends on, its own version)
 _ARCHIVES = {BIG_ZIP: (_build_big, ("big", "small"), 1),
              PARALLEL_ZIP: (_build_parallel, ("parallel",), 1),
              MANY_ZIP: (_build_many, ("many",), 2),
-             DB_ZIP: (_build_db_zip, ("db_rows",), 1)}
+             DB_ZIP: (_build_db_zip, ("db_rows",), 1),
+             TASK_7ZIP: (_build_task_7zip, ("task_csv", "task_bin"), 2),
+             TASK_STREAM: (_build_task_stream, ("task_csv", "task_bin"), 2)}
 
 
 def build_corpus(sizes: Sizes, quick: bool) -> Path:
@@ -376,6 +408,59 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of a process, by thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        found[tid] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def thread_stages(pid: int, before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each stage of the daemon spent since ``before`` (``thread_cpu``), by the
+    Python names of its threads (``py-spy dump``): ``storagefs-decode``, ``storagefs-fetch``,
+    and ``fuse`` for libfuse's threads (the read path: fusepy, the copies); by thread id when
+    py-spy is not installed. Measured without a profiler slowing the daemon down."""
+    after = thread_cpu(pid)
+    names: dict[str, str] = {}
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if os.path.exists(spy):
+        dump = subprocess.run([spy, "dump", "-p", str(pid)], capture_output=True, text=True,
+                              timeout=60).stdout
+        for line in dump.splitlines():
+            if line.startswith("Thread "):
+                tid = line.split()[1]
+                name = line.split('"')[1] if '"' in line else "fuse"
+                name = name.rstrip("0123456789").rstrip("_-")
+                names[tid] = "fuse" if name in ("Dummy", "fuse") else name
+    stages: dict[str, float] = {}
+    for tid, seconds in after.items():
+        spent = seconds - before.get(tid, 0.0)
+        if spent > 0:
+            name = names.get(tid, "fuse" if names else f"thread {tid}")
+            stages[name] = round(stages.get(name, 0.0) + spent, 3)
+    return stages
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children (the server's workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return cpu_seconds(pid) + sum(cpu_seconds(int(c)) for c in children)
+
+
 def _unmount(mountpoint: Path, process: subprocess.Popen) -> None:
     for cmd in (["fusermount", "-u", str(mountpoint)], ["fusermount", "-uz", str(mountpoint)]):
         if process.poll() is not None and not os.path.ismount(mountpoint):
@@ -517,6 +602,23 @@ def _run_timed(cmd: list[str], timeout: float, stdout=subprocess.DEVNULL) -> flo
     return elapsed
 
 
+def _run_timed_cpu(cmd: list[str], timeout: float) -> tuple[float, float]:
+    """Wall seconds and the command's own CPU seconds (for ``cat``: the kernel's copies)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        timer.cancel()
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({process.returncode})")
+    return elapsed, usage.ru_utime + usage.ru_stime
+
+
 _PREADS = r"""
 import json, os, sys, time
 path, offsets = sys.argv[1], json.loads(sys.argv[2])
@@ -592,6 +694,52 @@ def _latency(times: list[float], wanted: int) -> dict:
             "p95_ms": _pct(times, 0.95) * 1e3, "total_s": sum(times)}
 
 
+@contextlib.contextmanager
+def trivial_mount(archive: Path, work: Path) -> Iterator[Path]:
+    """``scripts/trivialfs.py`` serving the archive's tree, unmounted afterwards."""
+    mountpoint = work / "trivialfs"
+    mountpoint.mkdir(exist_ok=True)
+    log = work / "trivialfs.log"
+    process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "trivialfs.py"),
+                                str(archive), str(mountpoint)], stdout=log.open("w"),
+                               stderr=subprocess.STDOUT)
+    try:
+        _wait_mounted(mountpoint, process, PEER_MOUNT_WAIT_S, log)
+        yield mountpoint
+    finally:
+        _unmount(mountpoint, process)
+
+
+def profile_summary(raw: Path, title: str) -> str:
+    """py-spy's raw stacks folded into own time and time within, per function, and samples
+    per thread: where the daemon's time goes."""
+    own: dict[str, int] = {}
+    within: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    total = 0
+    for line in raw.open(errors="replace"):
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not count.isdigit():
+            continue
+        parts = [f for f in stack.split(";") if f]
+        thread = next((f for f in parts if f.startswith("thread")), "?")
+        frames = [f for f in parts if not f.startswith(("thread", "process"))]
+        if not frames:
+            continue
+        total += int(count)
+        threads[thread] = threads.get(thread, 0) + int(count)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+        for frame in set(frames):
+            within[frame] = within.get(frame, 0) + int(count)
+    out = [title, f"{total} samples (the thread holding the GIL); own time, then time "
+                  "within, then by thread"]
+    for counts, n in ((own, 30), (within, 40), (threads, 20)):
+        for frame, samples in sorted(counts.items(), key=lambda kv: -kv[1])[:n]:
+            out.append(f"{100 * samples / max(total, 1):5.1f}%  {frame}")
+        out.append("")
+    return "\n".join(out)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, sizes: Sizes, corpus: Path, work: Path) -> None:
         self.args = args
@@ -603,17 +751,45 @@ class Bench:
         self.dropped = True
         self.timeout = 3600.0
         self.peer_note = ""
+        self._floors: dict[tuple[str, str], dict] = {}
+        self._trivial: dict | None = None
 
-    def cold(self) -> None:
-        self.dropped = drop_caches() and self.dropped
+    def cold(self) -> bool:
+        dropped = drop_caches()
+        self.dropped = dropped and self.dropped
+        return dropped
 
     def member_path(self, m: Mounted, member: str) -> Path:
         return m.archive_dir / member
+
+    def floors(self, archive: str, member: str) -> dict:
+        """``unzip -p`` (cold, warm) and in-process inflate of a member, measured once a run,
+        when the first system reads it (so right beside the mount's own figures)."""
+        key = (archive, member)
+        if key not in self._floors:
+            print(f"  floors: unzip -p and in-process inflate of {archive}/{member} ...",
+                  flush=True)
+            self._floors[key] = benchfloors.measure(self.corpus / "root" / "bench" / archive,
+                                                    member, self.timeout, self.cold)
+        return self._floors[key]
+
+    def trivial_floor(self) -> dict:
+        """``ls -lR`` of the 100k-member tree on ``trivialfs`` (in-memory, plain fusepy):
+        cold (fresh mount, dropped caches) and again within the entry timeout."""
+        if self._trivial is None:
+            print("  floor: ls -lR on a trivial in-memory fusepy file system ...", flush=True)
+            with trivial_mount(self.corpus / "root" / "bench" / MANY_ZIP, self.work) as mnt:
+                self.cold()
+                cold = _run_timed(["ls", "-lR", str(mnt)], self.timeout)
+                warm = _run_timed(["ls", "-lR", str(mnt)], self.timeout)
+            self._trivial = {"cold_s": cold, "warm_s": warm}
+        return self._trivial
 
     # Each row runs against one system (a StoragefsMount or a RatarmountMount) and returns a dict.
 
     def row_cat(self, system) -> dict:
         facts = self.facts[BIG_ZIP]
+        floors = self.floors(BIG_ZIP, BIG_MEMBER)
         with system.fresh(BIG_ZIP) as m:
             self.cold()
             rss = RssSampler(m.pid)
@@ -624,14 +800,7 @@ class Bench:
         size, compressed = facts["sizes"][BIG_MEMBER], facts["compressed"][BIG_MEMBER]
         return {"seconds": seconds, "mb_s": size / seconds / 1e6,
                 "fetched_over_compressed": moved["object_bytes"] / compressed,
-                "traffic": moved, "memory": memory}
-
-    def local_unzip(self) -> dict:
-        self.cold()
-        archive = self.corpus / "root" / "bench" / BIG_ZIP
-        seconds = _run_timed(["unzip", "-p", str(archive), BIG_MEMBER], self.timeout)
-        size = self.facts[BIG_ZIP]["sizes"][BIG_MEMBER]
-        return {"seconds": seconds, "mb_s": size / seconds / 1e6}
+                "traffic": moved, "memory": memory, "floors": floors}
 
     def row_small(self, system) -> dict:
         with system.fresh(BIG_ZIP) as m:
@@ -664,12 +833,14 @@ class Bench:
                 "warm": {**_latency(warm, len(offsets)), "traffic": traffic(between, after)}}
 
     def row_ls(self, system) -> dict:
+        floor = self.trivial_floor()
         self.server.restart()
         out = self.work / f"ls-{system.name}.txt"
         with system.fresh(MANY_ZIP) as m:
             self.cold()
             rss = RssSampler(m.pid)
             before = self.server.metrics()
+            assert self.server.process is not None
             cpu = cpu_seconds(m.pid), cpu_seconds(self.server.process.pid)
             with out.open("w") as listing:
                 ls_s = _run_timed(["ls", "-lR", str(m.archive_dir)], self.timeout, listing)
@@ -693,46 +864,78 @@ class Bench:
                 "daemon_cpu_s": cpu[0], "server_cpu_s": cpu[1], "files_listed": files,
                 "expected_files": self.facts[MANY_ZIP]["members"], "memory": memory,
                 "traffic": moved, "again_same_mount_s": again_s,
-                "fresh_mount_warm_server_s": warm_server_s}
+                "fresh_mount_warm_server_s": warm_server_s, "trivial": floor,
+                "over_trivial": seconds / floor["cold_s"]}
 
     def profile_ls(self, system) -> None:
-        """py-spy on the daemon (samples holding the GIL) during ``ls -lR`` on a fresh mount
-        (server warm): raw stacks and the top functions in ``--profile`` DIR."""
+        """py-spy on the daemon during ``ls -lR`` on a fresh mount (server warm)."""
+        with system.fresh(MANY_ZIP) as m:
+            self.cold()
+            self.profile(m, ["ls", "-lR", str(m.archive_dir)], f"ls-{system.name}")
+
+    def profile(self, m: Mounted, command: list[str], label: str) -> None:
+        """Run ``command`` with py-spy recording the daemon's thread that holds the GIL
+        (``--gil``: the Python side; the stages' CPU in the results shows the native side),
+        raw stacks and the top functions (own time, time within, by thread) in
+        ``--profile`` DIR. Apart from the timed runs: the profiler slows the daemon down."""
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not os.path.exists(spy):
             print("  --profile: py-spy is not installed (pip install -e '.[bench]')",
                   file=sys.stderr)
             return
         self.args.profile.mkdir(parents=True, exist_ok=True)
-        raw = self.args.profile / f"ls-{system.name}.txt"
-        with system.fresh(MANY_ZIP) as m:
-            self.cold()
-            recorder = subprocess.Popen([spy, "record", "-p", str(m.pid), "-o", str(raw),
-                                         "--format", "raw", "--gil", "-r", "500"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1)
-            _run_timed(["ls", "-lR", str(m.archive_dir)], self.timeout)
-            recorder.send_signal(signal.SIGINT)
-            recorder.wait(60)
-        own: dict[str, int] = {}
-        within: dict[str, int] = {}
-        total = 0
-        for line in raw.open(errors="replace"):
-            stack, _, count = line.rstrip().rpartition(" ")
-            frames = [f for f in stack.split(";") if f and not f.startswith(("thread", "process"))]
-            if not frames or not count.isdigit():
-                continue
-            total += int(count)
-            own[frames[-1]] = own.get(frames[-1], 0) + int(count)
-            for frame in set(frames):
-                within[frame] = within.get(frame, 0) + int(count)
-        lines = [f"{total} samples holding the GIL; own time, then time within"]
-        for table in (own, within):
-            for frame, count in sorted(table.items(), key=lambda kv: -kv[1])[:25]:
-                lines.append(f"{100 * count / max(total, 1):5.1f}%  {frame}")
-            lines.append("")
-        (self.args.profile / f"ls-{system.name}-top.txt").write_text("\n".join(lines))
-        print(f"  profile of ls -lR: {self.args.profile / f'ls-{system.name}-top.txt'}")
+        raw = self.args.profile / f"{label}.txt"
+        recorder = subprocess.Popen([spy, "record", "-p", str(m.pid), "-o", str(raw),
+                                     "--format", "raw", "--threads", "--gil", "-r", "250"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        cpu = cpu_seconds(m.pid)
+        seconds = _run_timed(command, self.timeout)
+        cpu = cpu_seconds(m.pid) - cpu
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(120)
+        top = profile_summary(raw, f"{' '.join(command[:1])}: {seconds:.2f} s under the "
+                                   f"profiler, daemon CPU {cpu:.2f} s")
+        (self.args.profile / f"{label}-top.txt").write_text(top)
+        print(f"  profile: {self.args.profile / f'{label}-top.txt'}")
+
+    def row_task(self, system) -> dict:
+        """``cat`` of the CSV member of each task-runner archive, cold on a fresh mount, then
+        again on the same mount, beside its floors (``unzip -p``, in-process inflate)."""
+        result: dict = {}
+        for name, archive in (("7zip", TASK_7ZIP), ("stream", TASK_STREAM)):
+            floors = self.floors(archive, TASK_MEMBER)
+            with system.fresh(archive) as m:
+                self.cold()
+                path = str(m.archive_dir / TASK_MEMBER)
+                rss = RssSampler(m.pid)
+                before = self.server.metrics()
+                assert self.server.process is not None
+                threads, server_cpu = thread_cpu(m.pid), tree_cpu(self.server.process.pid)
+                cpu = cpu_seconds(m.pid)
+                first, cat_cpu = _run_timed_cpu(["cat", path], self.timeout)
+                cpu = cpu_seconds(m.pid) - cpu
+                threads = thread_stages(m.pid, threads)
+                server_cpu = tree_cpu(self.server.process.pid) - server_cpu
+                moved = traffic(before, self.server.metrics())
+                second = _run_timed(["cat", path], self.timeout)
+                memory = rss.stop()
+            if name == "7zip" and self.args.profile and system.name == "storagefs":
+                with system.fresh(archive) as again:
+                    self.cold()
+                    self.profile(again, ["cat", str(again.archive_dir / TASK_MEMBER)],
+                                 f"cat-task-{system.name}")
+            size = floors["size"]
+            inflate = floors["inflate"].get("zlib-ng") or floors["inflate"]["zlib"]
+            result[name] = {"seconds": first, "mb_s": size / first / 1e6,
+                            "over_unzip": floors["unzip_cold_s"] / first,
+                            "over_inflate": inflate["seconds"] / first,
+                            "again_s": second, "again_ratio": second / first,
+                            "daemon_cpu_s": cpu, "daemon_threads_cpu_s": threads,
+                            "server_cpu_s": server_cpu, "cat_cpu_s": cat_cpu,
+                            "traffic": moved, "memory": memory,
+                            "floors": floors}
+        return result
 
     def row_parallel(self, system) -> dict:
         members = [f"members/m{i}.log" for i in range(8)]
@@ -1003,6 +1206,43 @@ class Line:
     pick: Callable[[dict], float | None]
     unit: str = ""
     digits: int = 2
+    floor: bool = False  # measured once for the run (shown in the storagefs column only)
+
+
+def _inflate(floors: dict) -> dict:
+    return floors["inflate"].get("zlib-ng") or floors["inflate"]["zlib"]
+
+
+def _inflate_mb_s(floors: dict) -> float:
+    return _inflate(floors)["mb_s"]
+
+
+def _task_lines(sizes: Sizes, key: str, label: str) -> list[Line]:
+    """Row 9, one archive: the mount beside its floors."""
+    return [
+        Line("9", f"cat {sizes.task_csv / MiB:g} MiB CSV ({label}), cold: speed / unzip -p",
+             ">= 2.0", lambda v: v >= 2.0, lambda r: r["task"][key]["over_unzip"], "x"),
+        Line("9", "  throughput through the mount", "", None,
+             lambda r: r["task"][key]["mb_s"], "MB/s", 0),
+        Line("9", "  floor: unzip -p, local archive, cold", "", None,
+             lambda r: r["task"][key]["floors"]["unzip_mb_s"], "MB/s", 0, floor=True),
+        Line("9", "  floor: in-process inflate (zlib-ng)", "", None,
+             lambda r: _inflate_mb_s(r["task"][key]["floors"]), "MB/s", 0, floor=True),
+        Line("9", "  mount speed / in-process inflate", "", None,
+             lambda r: r["task"][key]["over_inflate"], "x"),
+        Line("9", "  CPU: daemon / in-process inflate (zlib-ng)", "", None,
+             lambda r: r["task"][key]["daemon_cpu_s"] / _inflate(r["task"][key]["floors"])[
+                 "cpu_s"], "x"),
+        Line("9", "  CPU: decode stage / in-process inflate + CRC", "", None,
+             lambda r: r["task"][key]["daemon_threads_cpu_s"]["storagefs-decode"] / _inflate(
+                 r["task"][key]["floors"])["with_crc_cpu_s"], "x"),
+        Line("9", "  CPU: unzip -p / daemon", "", None,
+             lambda r: r["task"][key]["floors"]["unzip_cpu_s"] / r["task"][key]["daemon_cpu_s"],
+             "x"),
+        Line("9", "  compressed / size", "", None,
+             lambda r: r["task"][key]["floors"]["ratio"], "x", 3, floor=True),
+        Line("9", "  cat again, same mount: time / first", "<= 0.5", lambda v: v <= 0.5,
+             lambda r: r["task"][key]["again_ratio"], "x", 3)]
 
 
 def lines(sizes: Sizes) -> dict[str, list[Line]]:
@@ -1010,11 +1250,15 @@ def lines(sizes: Sizes) -> dict[str, list[Line]]:
     big = f"{sizes.big / MiB:g} MiB"
     return {
         "1": [Line("1", f"cat {big} deflated: speed / unzip -p", ">= 2.0", lambda v: v >= 2.0,
-                   lambda r: r["cat"]["mb_s"] / r["unzip"]["mb_s"], "x"),
+                   lambda r: r["cat"]["mb_s"] / r["cat"]["floors"]["unzip_mb_s"], "x"),
               Line("1", "  bytes fetched / compressed", "<= 1.05", lambda v: v <= 1.05,
                    lambda r: r["cat"]["fetched_over_compressed"], "x", 3),
               Line("1", "  throughput through the mount", "", None,
                    lambda r: r["cat"]["mb_s"], "MB/s", 0),
+              Line("1", "  floor: unzip -p, local archive, cold", "", None,
+                   lambda r: r["cat"]["floors"]["unzip_mb_s"], "MB/s", 0, floor=True),
+              Line("1", "  floor: in-process inflate (zlib-ng)", "", None,
+                   lambda r: _inflate_mb_s(r["cat"]["floors"]), "MB/s", 0, floor=True),
               Line("1", "  cat again, same mount: time / first", "<= 0.5", lambda v: v <= 0.5,
                    lambda r: r["cat_again"]["ratio"], "x", 3)],
         "2": [Line("2", "small member after it, cold: requests", "<= 4", lambda v: v <= 4,
@@ -1037,12 +1281,18 @@ def lines(sizes: Sizes) -> dict[str, list[Line]]:
                    lambda r: r["preads"]["warm"].get("p95_ms"), "ms", 1)],
         "4": [Line("4", f"ls -lR of {sizes.many:,} members, cold", "<= 5 s", lambda v: v <= 5,
                    lambda r: r["ls"]["seconds"], "s", 2),
+              Line("4", "  floor: trivial in-memory fusepy fs, cold", "", None,
+                   lambda r: r["ls"]["trivial"]["cold_s"], "s", 2, floor=True),
+              Line("4", "  cold / trivial fusepy fs", "<= 1.3", lambda v: v <= 1.3,
+                   lambda r: r["ls"]["over_trivial"], "x"),
               Line("4", "  daemon peak RSS", "<= 200 MB", lambda v: v <= 200,
                    lambda r: r["ls"]["memory"]["hwm"] / 1e6, "MB", 0),
               Line("4", "  fresh mount, server already warm", "", None,
                    lambda r: r["ls"]["fresh_mount_warm_server_s"], "s", 2),
-              Line("4", "  again on the same mount", "", None,
-                   lambda r: r["ls"]["again_same_mount_s"], "s", 2)],
+              Line("4", "  warm: again on the same mount", "<= 1.5 s", lambda v: v <= 1.5,
+                   lambda r: r["ls"]["again_same_mount_s"], "s", 2),
+              Line("4", "  floor: trivial fusepy fs, warm", "", None,
+                   lambda r: r["ls"]["trivial"]["warm_s"], "s", 2, floor=True)],
         "5": [Line("5", "8 readers at once / 1 reader", ">= 1.5", lambda v: v >= 1.5,
                    lambda r: r["parallel"]["ratio"], "x")],
         "6": [Line("6", "daemon peak RSS in rows 1 and 5", f"<= {cache_mb + 100:.0f} MB",
@@ -1056,7 +1306,13 @@ def lines(sizes: Sizes) -> dict[str, list[Line]]:
               Line("7", "  asked again, 2nd connection / local", "<= 2x", lambda v: v <= 2,
                    lambda r: r["sqlite_again"]["again"]["ratio"], "x", 1),
               Line("7", "  new queries, 3rd connection / local", "", None,
-                   lambda r: r["sqlite_again"]["new"]["ratio"], "x", 1)],
+                   lambda r: r["sqlite_again"]["new"]["ratio"], "x", 1),
+              Line("7", "  local: 200 point queries, 1st connection", "", None,
+                   lambda r: r["sqlite_again"]["first"]["local_s"] * 1e3, "ms", 1, floor=True),
+              Line("7", "  local: asked again, 2nd connection", "", None,
+                   lambda r: r["sqlite_again"]["again"]["local_s"] * 1e3, "ms", 1, floor=True)],
+        "9": _task_lines(sizes, "7zip", "7zz -mx=1") + _task_lines(sizes, "stream",
+                                                                   "stream-zip"),
         "8": [Line("8", "server: 4 KiB ranged GET, 1 client", ">= 1,000/s",
                    lambda v: v >= 1000, lambda r: r["server"]["ranges_1"]["rps"], "/s", 0),
               Line("8", "  nginx, same file and range", "", None,
@@ -1091,17 +1347,41 @@ def _format(value: float | None, line: Line) -> str:
     return f"{text} {line.unit}".strip()
 
 
+def module_lines(row: str, found: list[benchrows.RowLine]) -> list[Line]:
+    """A module row's lines as the table's own (its figures, targets and verdicts)."""
+
+    def verdict(passed: bool | None) -> Callable[[float], bool] | None:
+        return None if passed is None else (lambda value: passed)
+
+    def figure(index: int) -> Callable[[dict], float | None]:
+        return lambda result: result["modules"][row][index].value
+
+    return [Line(row, ("  " if i else "") + line.what, line.target, verdict(line.passed),
+                 figure(i), line.unit, line.digits) for i, line in enumerate(found)]
+
+
 def render(results: dict[str, dict], sizes: Sizes, rows: list[str]) -> tuple[str, list[dict]]:
     systems = list(results)
     table: list[dict] = []
+    shown: list[Line] = []
+    modules = results["storagefs"].get("modules", {})
     for row in rows:
-        for line in lines(sizes)[row]:
-            entry = {"row": line.row, "what": line.what.strip(), "target": line.target,
-                     "unit": line.unit}
+        found = modules.get(row) if row in benchrows.REGISTRY else None
+        row_lines = lines(sizes)[row] if found is None else module_lines(row, found)
+        for index, line in enumerate(row_lines):
+            shown.append(line)
+            entry: dict[str, Any] = {"row": line.row, "what": line.what.strip(),
+                                     "target": line.target, "unit": line.unit}
             for name in systems:
                 result = results[name]
-                if row in _SERVER_ROWS and name != "storagefs":
-                    entry[name] = None  # the server row has its reference (nginx) in its lines
+                if found is not None:
+                    module_line = found[index]
+                    entry[name] = module_line.value if name == "storagefs" else module_line.peer
+                    if module_line.note and name == "storagefs":
+                        entry[name + "_error"] = module_line.note
+                    continue
+                if (row in _SERVER_ROWS or line.floor) and name != "storagefs":
+                    entry[name] = None  # floors and the server row are measured once
                     continue
                 missing = [k for k in _NEEDS[row] if k not in result]
                 if missing:
@@ -1121,8 +1401,7 @@ def render(results: dict[str, dict], sizes: Sizes, rows: list[str]) -> tuple[str
             if line.check is not None and value is None:
                 entry["pass"] = False
             table.append(entry)
-    shown = [line for row in rows for line in lines(sizes)[row]]
-    widths = [4, max((len(line.what) for line in shown), default=8) + 2, 18, 18, 12, 6]
+    widths = [11, max((len(line.what) for line in shown), default=8) + 2, 18, 18, 12, 6]
     head = ["row", "what", "storagefs", systems[1] if len(systems) > 1 else "", "target", "pass"]
     out = ["".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
            "-" * (sum(widths) - 2)]
@@ -1131,42 +1410,47 @@ def render(results: dict[str, dict], sizes: Sizes, rows: list[str]) -> tuple[str
         cells = [entry["row"] if entry["row"] != current else "", line.what]
         current = entry["row"]
         for name in systems[:2]:
-            if entry.get(name + "_error"):
-                cells.append("error")
+            error = entry.get(name + "_error")
+            if error:
+                cells.append("n/a" if error.startswith("not available") else "error")
+            elif line.floor and name != "storagefs":
+                cells.append("")
             else:
                 cells.append(_format(entry.get(name), line))
         if len(systems) < 2:
             cells.append("")
-        cells.append(line.target)
+        cells.append(line.target or "-")
         cells.append({True: "PASS", False: "FAIL", None: ""}[entry["pass"]])
         out.append("".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
     return "\n".join(out), table
 
 
 # Which result keys each row needs.
-_NEEDS = {"1": ("cat", "unzip"), "2": ("small",), "3": ("preads",), "4": ("ls",),
-          "5": ("parallel",), "6": ("cat", "parallel"), "7": ("sqlite",), "8": ("server",)}
+_NEEDS = {"1": ("cat",), "2": ("small",), "3": ("preads",), "4": ("ls",),
+          "5": ("parallel",), "6": ("cat", "parallel"), "7": ("sqlite",), "8": ("server",),
+          "9": ("task",)}
 _SERVER_ROWS = {"8"}  # measured on the server alone, not through a mount
-_ROW_NAMES = {"server": "8"}
+_ROW_NAMES = {"server": "8", "task": "9"}
 _RUNS = {"1": ("cat",), "2": ("small",), "3": ("preads",), "4": ("ls",), "5": ("parallel",),
-         "6": ("cat", "parallel"), "7": ("sqlite",)}
+         "6": ("cat", "parallel"), "7": ("sqlite",), "9": ("task",)}
 # Repeated reads, served by the kernel's page cache: sub-rows of rows 1 and 7.
 _RUNS["1"] += ("cat_again",)
 _RUNS["7"] += ("sqlite_again",)
+# Every row, in the order ``make bench`` runs them: the mount's, the server's, the modules'.
+ALL_ROWS = ["1", "2", "3", "4", "5", "6", "7", "9", "8", *benchrows.REGISTRY]
 
 
-def run_system(bench: Bench, system, rows: list[str], unzip: dict | None) -> dict:
+def run_system(bench: Bench, system, rows: list[str]) -> dict:
     methods = {"cat": bench.row_cat, "small": bench.row_small, "preads": bench.row_preads,
                "ls": bench.row_ls, "parallel": bench.row_parallel, "sqlite": bench.row_sqlite,
-               "cat_again": bench.row_cat_again, "sqlite_again": bench.row_sqlite_again}
+               "cat_again": bench.row_cat_again, "sqlite_again": bench.row_sqlite_again,
+               "task": bench.row_task}
     wanted: list[str] = []
     for row in rows:
         for key in _RUNS[row]:
             if key not in wanted:
                 wanted.append(key)
     result: dict = {}
-    if unzip is not None:
-        result["unzip"] = unzip
     for key in wanted:
         print(f"  {system.name}: {key} ...", flush=True)
         started = time.monotonic()
@@ -1182,30 +1466,53 @@ def run_system(bench: Bench, system, rows: list[str], unzip: dict | None) -> dic
     return result
 
 
+def run_module_rows(args: argparse.Namespace, sizes: Sizes, work: Path, rows: list[str],
+                    results: dict[str, dict]) -> None:
+    """Rows of their own modules (``benchrows``), each reported even when it cannot run."""
+    options = {"quick": args.quick, "work": work, "cache": BENCH, "cache_size": sizes.cache,
+               "timeout": 3600.0, "drop_caches": drop_caches, "peer": args.peer}
+    found = results["storagefs"].setdefault("modules", {})
+    for row in rows:
+        print(f"{row} (scripts/{benchrows.REGISTRY[row][0]}.py) ...", flush=True)
+        started = time.monotonic()
+        found[row] = benchrows.run_row(row, options)
+        notes = [line.note for line in found[row] if line.note]
+        print(f"  {row}: {notes[0] if notes else 'done'} in "
+              f"{time.monotonic() - started:.1f} s", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small corpus: a smoke run")
     parser.add_argument("--json", type=Path, default=REPO / "bench-results.json",
                         help="where to save the results (default: %(default)s)")
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7",
-                        help="rows to run, 8 or 'server' for the server row (default: 1-7)")
+    parser.add_argument("--rows", default="all",
+                        help="rows to run, comma-separated: 1-9 (8 or 'server': the server "
+                             "alone; 9 or 'task': task-runner archives), "
+                             f"{', '.join(benchrows.REGISTRY)} (rows of their own modules); "
+                             "default: all")
     parser.add_argument("--peer", choices=("ratarmount", "none"), default="ratarmount",
                         help="the second column (default: ratarmount, installed on first use)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also record the daemon with py-spy during an extra ls -lR "
-                             "(row 4) and write its top functions to DIR")
+                             "(row 4) and cat of the 7-Zip task member (row 9), and write "
+                             "the top functions to DIR")
     args = parser.parse_args(argv)
-    rows = [_ROW_NAMES.get(r.strip(), r.strip()) for r in args.rows.split(",") if r.strip()]
-    if any(r not in _NEEDS for r in rows):
-        parser.error(f"--rows: choose from {','.join(_NEEDS)} (8: server)")
+    rows = ALL_ROWS if args.rows == "all" else [
+        _ROW_NAMES.get(r.strip(), r.strip()) for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in _NEEDS and r not in benchrows.REGISTRY]
+    if unknown:
+        parser.error(f"--rows: no row {', '.join(unknown)}; choose from 1-9, server, task, "
+                     f"{', '.join(benchrows.REGISTRY)} or all")
     sizes = QUICK if args.quick else FULL
     BENCH.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=BENCH))
     peer_note = "not run (--peer none)"
     started = time.monotonic()
     results: dict[str, dict] = {"storagefs": {}}
-    mount_rows = [r for r in rows if r not in _SERVER_ROWS]
+    mount_rows = [r for r in rows if r not in _SERVER_ROWS and r not in benchrows.REGISTRY]
+    module_rows = [r for r in rows if r in benchrows.REGISTRY]
     bench = None
     try:
         if "8" in rows:
@@ -1222,6 +1529,8 @@ def main(argv: list[str] | None = None) -> int:
             peer_note = bench.peer_note
         else:
             peer_note = "not run (no mount rows)"
+        if module_rows:
+            run_module_rows(args, sizes, work, module_rows, results)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -1268,16 +1577,15 @@ def run_mount_rows(args: argparse.Namespace, sizes: Sizes, work: Path, rows: lis
     bench.peer_note = "not run (--peer none)"
     try:
         bench.server.start()
-        unzip = bench.local_unzip() if "1" in rows else None
         print("storagefs:", flush=True)
         results["storagefs"].update(run_system(
-            bench, StoragefsMount(bench.server, work, sizes.cache), rows, unzip))
+            bench, StoragefsMount(bench.server, work, sizes.cache), rows))
         if args.peer == "ratarmount":
             executable, bench.peer_note = ensure_ratarmount(allow_install=True)
             if executable is not None:
                 print(f"{bench.peer_note}:", flush=True)
                 results["ratarmount"] = run_system(
-                    bench, RatarmountMount(bench.server, work, executable), rows, unzip)
+                    bench, RatarmountMount(bench.server, work, executable), rows)
             else:
                 results["ratarmount"] = {"error": bench.peer_note}
     finally:

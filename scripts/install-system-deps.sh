@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages storagefs and its tests use, only when something is missing:
-# FUSE (fusermount and libfuse.so.2 for fusepy), zip/unzip and 7-Zip (7zz) to build test archives,
-# sqlite3 and rsync (writers of the read-write mount tests).
+# FUSE (fusermount and libfuse.so.2 for fusepy), zip/unzip and 7-Zip (7zz, Debian's 7zip) to build
+# test archives and the bench's task-runner archives (unzip -p is also the bench's floor), sqlite3
+# and rsync (writers of the read-write mount tests).
 # With --bench: also what the server row of scripts/bench.py uses, ab (apache2-utils) and nginx.
 set -euo pipefail
 
