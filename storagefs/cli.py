@@ -42,10 +42,10 @@ from .errors import EXIT_ERROR, EXIT_USAGE, StorageError  # noqa: E402
 DESCRIPTION = """\
 Remote simulation storage (the Inductiva storage API) as a local drive.
 
-  serve          serve a local folder as Inductiva-compatible storage, for a
-                 first run, self-hosting or tests (needs storagefs[server])
-  mount, umount  the storage as a read-only folder in which every ZIP archive is
-                 a folder of its members, read on demand; umount undoes it
+  serve          serve a local folder or an S3 bucket as Inductiva-compatible
+                 storage, for a first run, self-hosting or tests (storagefs[server])
+  mount, umount  the storage as a folder (read-only unless --read-write) in which
+                 every ZIP archive is a folder of its members, read on demand
   ls, download, upload, rm, cp, zip-ls, size, export
                  the Inductiva SDK's storage functions, as commands"""
 
