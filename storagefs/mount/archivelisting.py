@@ -1,0 +1,226 @@
+"""Archives with many members: how many there are, and their folders kept one by one.
+
+A task that writes a million files writes a million-member ``output.zip``. Its whole listing
+is a 176 MB answer that takes the server tens of seconds and would cost the mount over a
+gigabyte, so ``vfs.VFS`` lists such an archive one folder at a time (``recursive=false``,
+``zip_relative_path``), and keeps each folder's listing here, under the metadata TTL and in
+the mount's one memory budget. Small archives are still listed whole, in one call.
+
+Which is which is decided before any listing, from the end-of-central-directory record: one
+ranged GET of the archive's last bytes gives the member count and the size of the central
+directory (``read_census``). An archive too small in bytes to hold ``LAZY_MEMBERS`` members
+is not probed at all (``needs_census``), so small archives cost what they always did.
+
+The threshold, measured (``scripts/bench_listing.py --threshold``, reference server with its
+index warm, this project's 2-core test machine; archives of ``tests/bigarchive.py``'s shape):
+
+=========  ==========================  ==================  ===========================
+members    whole listing + tree build  one folder listing  first ``ls`` 4 folders deep
+=========  ==========================  ==================  ===========================
+10,000     0.25 s + 0.08 s             5 ms                20 ms
+30,000     1.05 s + 0.41 s             6 ms                25 ms
+100,000    3.51 s + 1.49 s             19 ms               75 ms
+300,000    16.5 s + 4.8 s              74 ms               0.3 s
+=========  ==========================  ==================  ===========================
+
+Listed whole, an archive costs about 45 us per member before its first ``ls`` answers, and
+about 1 KB per member of memory while it is kept; listed by folder, the first ``ls`` costs a
+few folder listings whatever the size, but a walk of everything (``find``, ``ls -lR``) costs
+one request per folder instead of one in all. At 20,000 members the whole listing passes
+about a second, which is where a user notices: above it, folder by folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
+
+from ..errors import CorruptArchive
+from ..protocol import ZipEntry, ZipListing
+from ..zipfmt import Fetch
+from .read.blockcache import BlockCache
+
+# Archives with at least this many members are listed folder by folder (see the notes).
+LAZY_MEMBERS = 20_000
+# The fewest bytes a member can take: a local header (30) and a central directory header (46),
+# each with a name of at least one byte. An archive smaller than LAZY_MEMBERS times this
+# cannot have LAZY_MEMBERS members, and is listed whole without being probed.
+MIN_MEMBER_BYTES = 78
+
+# 4.3.16 End of central directory record (APPNOTE 6.3.10), 22 bytes + comment: signature,
+# this disk (2), CD disk (2), entries on this disk (2), total entries (2), CD size (4),
+# CD offset (4), comment length (2). 4.3.15 Zip64 locator, 20 bytes, right before it; 4.3.14
+# Zip64 end record, 56 bytes, normally right before the locator.
+_EOCD = struct.Struct("<4s4H2LH")
+_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+_EOCD_SIG, _LOCATOR_SIG, _EOCD64_SIG = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
+# First probe: the records of an archive with a comment of up to about 900 bytes; an archive
+# with a longer comment costs a second GET of the most the records can span.
+_FIRST_PROBE = 1024
+_MOST_PROBE = _EOCD.size + 0xFFFF + _LOCATOR.size + _EOCD64.size
+
+
+@dataclass(frozen=True)
+class Census:
+    """What the end records say: entries in the central directory, and its size in bytes."""
+
+    members: int
+    directory_size: int
+
+
+def needs_census(archive_size: int) -> bool:
+    """Whether an archive of this many bytes could hold ``LAZY_MEMBERS`` members."""
+    return archive_size >= LAZY_MEMBERS * MIN_MEMBER_BYTES
+
+
+def read_census(fetch: Fetch, archive_size: int) -> Census:
+    """The member count and directory size of the archive, from one ranged GET at its end
+    (two if its comment is long); ``CorruptArchive`` if there is no end record."""
+    start = max(0, archive_size - _FIRST_PROBE)
+    tail = fetch(start, archive_size)
+    found = _census(tail)
+    if found is None and start > 0:
+        start = max(0, archive_size - _MOST_PROBE)
+        tail = fetch(start, archive_size)
+        found = _census(tail)
+    if found is None:
+        raise CorruptArchive("no end of central directory record in the archive's last "
+                             f"{len(tail)} bytes")
+    return found
+
+
+def _census(tail: bytes) -> Census | None:
+    """From the last bytes of an archive: the last end record whose comment ends them."""
+    pos = len(tail) - _EOCD.size
+    while pos >= 0:
+        pos = tail.rfind(_EOCD_SIG, 0, pos + 4)
+        if pos < 0:
+            return None
+        _sig, _disk, _cd_disk, _here, entries, cd_size, _cd_offset, comment = \
+            _EOCD.unpack_from(tail, pos)
+        if pos + _EOCD.size + comment == len(tail):
+            break
+        pos -= 1
+    else:
+        return None
+    locator = pos - _LOCATOR.size
+    record = locator - _EOCD64.size
+    if record >= 0 and tail[locator:locator + 4] == _LOCATOR_SIG \
+            and tail[record:record + 4] == _EOCD64_SIG:
+        fields = _EOCD64.unpack_from(tail, record)
+        entries, cd_size = fields[7], fields[8]
+    return Census(entries, cd_size)
+
+
+def walk_estimate(subfolders: int, files: int, first_leaf: int) -> int:
+    """Members below a folder with ``subfolders`` and ``files``, when its first sub-folder
+    turned out to hold ``first_leaf`` entries and no folder: a solver's output repeats one
+    shape (``processor3/0.001 .. 1.000`` each with the same 16 fields)."""
+    return files + subfolders * (first_leaf + 1)
+
+
+def split_subtree(listing: ZipListing) -> dict[str, ZipListing]:
+    """A recursive listing of one folder as the listings of every folder in it, by their
+    path relative to it ("" for itself), as ``recursive=false`` would give each: direct
+    children, sub-folders once with a trailing "/", including folders only deeper names
+    imply."""
+    folders: dict[str, dict[str, ZipEntry]] = {"": {}}
+    for item in listing.contents:
+        parts = item.name.split("/")
+        is_dir = item.name.endswith("/")
+        if is_dir:
+            parts.pop()
+        parent = ""
+        for part in parts[:-1]:
+            path = f"{parent}/{part}" if parent else part
+            if path not in folders:
+                folders[path] = {}
+                folders[parent].setdefault(part + "/", _implied_folder(part))
+            parent = path
+        if not parts or not parts[-1]:
+            continue
+        last = parts[-1]
+        if is_dir:
+            path = f"{parent}/{last}" if parent else last
+            folders.setdefault(path, {})
+            folders[parent][last + "/"] = dataclasses.replace(item, name=last + "/")
+        else:
+            folders[parent][last] = dataclasses.replace(item, name=last)
+    return {path: ZipListing(listing.size, list(children.values()))
+            for path, children in folders.items()}
+
+
+def _implied_folder(name: str) -> ZipEntry:
+    """A folder only deeper names imply, as the server lists one."""
+    return ZipEntry(name + "/", 0, 0, None, None, 0)
+
+
+def path_inode(path: str) -> int:
+    """An inode number for a path inside an archive listed by folder, with no table to keep.
+
+    Derived from the path (64-bit BLAKE2b, cut to 2**62 .. 2**63 - 1, far above the numbers
+    ``vfs.InodeTable`` counts out from 2), so it is the same each time the path is seen and a
+    walk of a million members costs no memory for inode numbers. Two paths share a number
+    with odds of about n**2 / 2**63: 1e-7 for a million paths."""
+    digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") >> 2) | (1 << 62)
+
+
+class FolderCache:
+    """Listings of archive folders by key, each kept ``ttl`` seconds, in the memory budget.
+
+    The entries live in the mount's ``BlockCache`` (``--cache-size``), next to decoded data
+    and counted at the cost their loader reports, so the least recently used folder or block
+    goes first whichever the mount holds more of: a walk of a million members keeps what the
+    budget allows, not the whole tree. A folder that cannot fit is still returned, just not
+    kept. Concurrent misses on one key wait for a single load; errors are not kept.
+    """
+
+    def __init__(self, budget: BlockCache, ttl: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget = budget
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._loading: dict[Hashable, threading.Lock] = {}
+        self.loads = 0  # for tests and figures: folder listings asked of the server
+
+    def get(self, key: Hashable, load: Callable[[], tuple[Any, int]]) -> Any:
+        """The kept value for ``key``, or ``load()`` -> (value, cost in bytes), kept."""
+        value = self._fresh(key)
+        if value is not None:
+            return value
+        with self._lock:
+            gate = self._loading.setdefault(key, threading.Lock())
+        try:
+            with gate:
+                value = self._fresh(key)
+                if value is not None:
+                    return value
+                self.loads += 1
+                value, cost = load()
+                self.budget.put(("listing", key), (value, self._clock()), size=cost)
+                return value
+        finally:
+            with self._lock:
+                self._loading.pop(key, None)
+
+    def put(self, key: Hashable, value: Any, cost: int) -> None:
+        """Keep a value loaded some other way (a folder of a subtree listed at once)."""
+        self.budget.put(("listing", key), (value, self._clock()), size=cost)
+
+    def _fresh(self, key: Hashable) -> Any:
+        item = self.budget.get(("listing", key))
+        if item is None:
+            return None
+        value, loaded = item
+        if self._clock() - loaded >= self.ttl:
+            self.budget.discard(("listing", key))
+            return None
+        return value
