@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
-from ..errors import CorruptArchive
+from ..errors import CorruptArchive, NotFound
 from ..protocol import ZipEntry, ZipListing
 from ..zipfmt import Fetch
 from .read.blockcache import BlockCache
@@ -178,18 +178,28 @@ class FolderCache:
     The entries live in the mount's ``BlockCache`` (``--cache-size``), next to decoded data
     and counted at the cost their loader reports, so the least recently used folder or block
     goes first whichever the mount holds more of: a walk of a million members keeps what the
-    budget allows, not the whole tree. A folder that cannot fit is still returned, just not
-    kept. Concurrent misses on one key wait for a single load; errors are not kept.
+    budget allows, not the whole tree. The last folder too large for the budget is kept
+    outside it, alone. Concurrent misses on one key wait for a single load; a ``NotFound``
+    is remembered for ``negative_ttl`` (at most ``MISSES_KEPT`` of them), other errors are
+    not kept. ``vfs`` keeps whole archive trees here too, with an infinite TTL (a version
+    fixes them).
     """
 
-    def __init__(self, budget: BlockCache, ttl: float,
+    MISSES_KEPT = 1024
+
+    def __init__(self, budget: BlockCache, ttl: float, negative_ttl: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.budget = budget
         self.ttl = ttl
+        self.negative_ttl = negative_ttl
         self._clock = clock
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
-        self.loads = 0  # for tests and figures: folder listings asked of the server
+        self._missing: dict[Hashable, tuple[NotFound, float]] = {}
+        # The last value larger than the budget (a flat folder of 1e5 members with a small
+        # --cache-size): kept outside it, alone, so that ``ls -l`` of it lists it once.
+        self._oversize: tuple[Hashable, tuple[Any, float]] | None = None
+        self.loads = 0  # for tests and figures: listings asked of the server
 
     def get(self, key: Hashable, load: Callable[[], tuple[Any, int]]) -> Any:
         """The kept value for ``key``, or ``load()`` -> (value, cost in bytes), kept."""
@@ -204,8 +214,16 @@ class FolderCache:
                 if value is not None:
                     return value
                 self.loads += 1
-                value, cost = load()
-                self.budget.put(("listing", key), (value, self._clock()), size=cost)
+                try:
+                    value, cost = load()
+                except NotFound as exc:
+                    if self.negative_ttl > 0:
+                        with self._lock:
+                            self._missing[key] = (exc, self._clock())
+                            if len(self._missing) > self.MISSES_KEPT:
+                                del self._missing[next(iter(self._missing))]
+                    raise
+                self.put(key, value, cost)
                 return value
         finally:
             with self._lock:
@@ -213,14 +231,33 @@ class FolderCache:
 
     def put(self, key: Hashable, value: Any, cost: int) -> None:
         """Keep a value loaded some other way (a folder of a subtree listed at once)."""
-        self.budget.put(("listing", key), (value, self._clock()), size=cost)
+        item = (value, self._clock())
+        if not self.budget.put(("listing", key), item, size=cost):
+            self._oversize = (key, item)
+
+    def discard(self, key: Hashable) -> None:
+        self.budget.discard(("listing", key))
+        oversize = self._oversize
+        if oversize is not None and oversize[0] == key:
+            self._oversize = None
 
     def _fresh(self, key: Hashable) -> Any:
+        if self._missing:
+            with self._lock:
+                missing = self._missing.get(key)
+                if missing is not None and self._clock() - missing[1] >= self.negative_ttl:
+                    del self._missing[key]
+                    missing = None
+            if missing is not None:
+                raise missing[0]
         item = self.budget.get(("listing", key))
         if item is None:
-            return None
+            oversize = self._oversize
+            if oversize is None or oversize[0] != key:
+                return None
+            item = oversize[1]
         value, loaded = item
         if self._clock() - loaded >= self.ttl:
-            self.budget.discard(("listing", key))
+            self.discard(key)
             return None
         return value
