@@ -478,12 +478,15 @@ def test_a_subtree_becomes_the_listings_of_its_folders():
         e("0.002/U", 5, 5, 30, None, 0), e("top.txt", 1, 1, 40, None, 0),
         e("deep/er/x", 1, 1, 50, None, 0)])
     parts = split_subtree(listing)
-    names = {path: sorted(item.name for item in part.contents) for path, part in parts.items()}
+    names = {path: sorted(name for name, _ in part) for path, part in parts.items()}
     assert names == {"": ["0.001/", "0.002/", "deep/", "top.txt"], "0.001": ["U", "p"],
                      "0.002": ["U"], "deep": ["er/"], "deep/er": ["x"]}
-    top = {item.name: item for item in parts[""].contents}
+    top = dict(parts[""])
     assert top["0.002/"].creation_time is not None and top["0.001/"].creation_time is None
-    assert parts["0.001"].contents[0].range_start == 10 and parts["0.001"].size == 99
+    assert parts["0.001"][0][1].range_start == 10
+    folder = ArchiveFolder(parts["0.001"], "artifacts/p3/0.001", "/t/a.zip")
+    member = folder.children["U"]
+    assert member is not None and member.name == "artifacts/p3/0.001/U" and member.size == 3
 
 
 def test_folder_listings_live_in_the_memory_budget():
@@ -547,7 +550,7 @@ def test_a_folder_costs_no_more_than_its_estimate(files):
     gc.collect()
     tracemalloc.start()
     try:
-        folder = ArchiveFolder(listing, inner, label)
+        folder = ArchiveFolder(vfs_module.listed(listing), inner, label)
         for name, member in folder.children.items():
             path = f"{label}/{inner}/{name}"
             folder.entries[name] = vfs_module.Entry(

@@ -32,7 +32,6 @@ about a second, which is where a user notices: above it, folder by folder.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import struct
 import threading
@@ -125,11 +124,12 @@ def walk_estimate(subfolders: int, files: int, first_leaf: int) -> int:
     return files + subfolders * (first_leaf + 1)
 
 
-def split_subtree(listing: ZipListing) -> dict[str, ZipListing]:
+def split_subtree(listing: ZipListing) -> dict[str, list[tuple[str, ZipEntry]]]:
     """A recursive listing of one folder as the listings of every folder in it, by their
     path relative to it ("" for itself), as ``recursive=false`` would give each: direct
-    children, sub-folders once with a trailing "/", including folders only deeper names
-    imply."""
+    children by (name, entry), sub-folders once with a trailing "/", including folders only
+    deeper names imply (entries keep their full relative name: copying 1e4 of them to rename
+    them costs more than the split)."""
     folders: dict[str, dict[str, ZipEntry]] = {"": {}}
     for item in listing.contents:
         parts = item.name.split("/")
@@ -141,7 +141,7 @@ def split_subtree(listing: ZipListing) -> dict[str, ZipListing]:
             path = f"{parent}/{part}" if parent else part
             if path not in folders:
                 folders[path] = {}
-                folders[parent].setdefault(part + "/", _implied_folder(part))
+                folders[parent].setdefault(part + "/", _IMPLIED)
             parent = path
         if not parts or not parts[-1]:
             continue
@@ -149,16 +149,14 @@ def split_subtree(listing: ZipListing) -> dict[str, ZipListing]:
         if is_dir:
             path = f"{parent}/{last}" if parent else last
             folders.setdefault(path, {})
-            folders[parent][last + "/"] = dataclasses.replace(item, name=last + "/")
+            folders[parent][last + "/"] = item
         else:
-            folders[parent][last] = dataclasses.replace(item, name=last)
-    return {path: ZipListing(listing.size, list(children.values()))
-            for path, children in folders.items()}
+            folders[parent][last] = item
+    return {path: list(children.items()) for path, children in folders.items()}
 
 
-def _implied_folder(name: str) -> ZipEntry:
-    """A folder only deeper names imply, as the server lists one."""
-    return ZipEntry(name + "/", 0, 0, None, None, 0)
+# A folder only deeper names imply, as the server lists one (its name is not read).
+_IMPLIED = ZipEntry("", 0, 0, None, None, 0)
 
 
 def path_inode(path: str) -> int:
@@ -234,6 +232,13 @@ class FolderCache:
         item = (value, self._clock())
         if not self.budget.put(("listing", key), item, size=cost):
             self._oversize = (key, item)
+
+    def peek(self, key: Hashable) -> Any:
+        """The kept value for ``key``, or None (nothing is loaded)."""
+        try:
+            return self._fresh(key)
+        except NotFound:
+            return None
 
     def discard(self, key: Hashable) -> None:
         self.budget.discard(("listing", key))

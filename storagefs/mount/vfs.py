@@ -53,7 +53,7 @@ import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, Hashable, Iterator, NamedTuple, Sequence
+from typing import Callable, Hashable, Iterable, Iterator, NamedTuple, Sequence
 
 from cachetools import LRUCache
 
@@ -242,18 +242,21 @@ class ArchiveFolder:
     CHILD_COST = 700
     BASE_COST = 1200
 
-    def __init__(self, listing: protocol.ZipListing, inner: str, label: str) -> None:
+    def __init__(self, items: Iterable[tuple[str, protocol.ZipEntry]], inner: str,
+                 label: str) -> None:
+        """``items``: (name relative to the folder, entry) as listed (``listed``,
+        ``archivelisting.split_subtree``)."""
         self.children: dict[str, Member | None] = {}
         self.times: dict[str, float | None] = {}
         self.entries: dict[str, Entry] = {}
         prefix = inner + "/" if inner else ""
         names = 0
-        for item in listing.contents:
-            raw = item.name.split("\x00", 1)[0]
+        for listed_name, item in items:
+            raw = listed_name.split("\x00", 1)[0]
             name = _displayable(raw.strip("/"))
             if not name or "/" in name or name in (".", ".."):
                 log.warning("%s/%s: member %r has no usable name; not shown", label, inner,
-                            item.name)
+                            listed_name)
                 continue
             if raw.endswith("/"):
                 if self.children.get(name) is not None:
@@ -272,6 +275,11 @@ class ArchiveFolder:
             names += len(name)
         self.cost = self.BASE_COST + len(self.children) * self.CHILD_COST + 2 * names + \
             2 * len(self.children) * (len(label) + len(prefix))
+
+
+def listed(listing: protocol.ZipListing) -> Iterator[tuple[str, protocol.ZipEntry]]:
+    """A folder's listing as ``ArchiveFolder`` takes it."""
+    return ((item.name, item) for item in listing.contents)
 
 
 class VFS:
@@ -597,7 +605,7 @@ class VFS:
                 self._not_an_archive(archive, key, str(exc))
                 raise self._refusal(archive, key) from None
             with gc_paused():
-                folder = ArchiveFolder(listing, inner, archive.path)
+                folder = ArchiveFolder(listed(listing), inner, archive.path)
             return folder, folder.cost
 
         return self._archive_folders.get(key + (inner,), load)
@@ -641,7 +649,16 @@ class VFS:
                 self._archive_folders.put(key + (path,), made, made.cost)
 
     def _folder_member(self, archive: Entry, names: Sequence[str]) -> Entry:
-        """The entry at ``names``, listing only the folders on the way."""
+        """The entry at ``names``, listing only the folders on the way (none if its own
+        folder is kept: ``ls -lR`` asks for each path through every folder above it)."""
+        if len(names) > 1:
+            inner = "/".join(names[:-1])
+            kept = self._archive_folders.peek((archive.object_path, archive.version, inner))
+            if kept is not None:
+                found = self._folder_entry(archive, kept, inner, names[-1])
+                if found is None:
+                    raise NotFound(f"no such file or folder: {archive.path}/{inner}/{names[-1]}")
+                return found
         folder = self._archive_folder(archive, "")
         inner = ""
         entry = archive
