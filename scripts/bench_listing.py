@@ -250,7 +250,7 @@ def threshold(sizes: tuple[int, ...] = (10_000, 30_000, 100_000, 300_000)) -> li
             path.parent.mkdir(parents=True, exist_ok=True)
             write_task_archive(path, count)
     work = Path(tempfile.mkdtemp(prefix="bench-threshold-", dir=WORK))
-    server = Server(root, work)
+    server = Server(root, work, "--workers", "1")  # one index: warmed once, asked each time
     server.start()
     out = []
     try:
@@ -258,22 +258,26 @@ def threshold(sizes: tuple[int, ...] = (10_000, 30_000, 100_000, 300_000)) -> li
         with StorageClient(config) as client:
             for count in sizes:
                 path = f"bench/n{count}.zip"
-                client.zip_contents(path, DEEP.rsplit("/", 1)[0], recursive=False)  # warm
-                start = time.perf_counter()
-                for folder in ("", "artifacts", "artifacts/processor0",
-                               "artifacts/processor0/0.500"):
-                    client.zip_contents(path, folder, recursive=False)
-                by_folder = time.perf_counter() - start
-                start = time.perf_counter()
-                listing = client.zip_contents(path, "", recursive=True)
-                whole = time.perf_counter() - start
-                start = time.perf_counter()
-                with gc_paused():
-                    ArchiveTree(listing, path)
-                tree = time.perf_counter() - start
-                out.append({"members": count, "whole_listing_s": round(whole, 3),
-                            "tree_s": round(tree, 3),
-                            "four_folders_s": round(by_folder, 3)})
+                client.zip_contents(path, "artifacts/processor0", recursive=False)  # warm
+                by_folder, whole, tree = [], [], []
+                for attempt in range(3):  # trees: best of three (the machine may be shared)
+                    start = time.perf_counter()
+                    for folder in ("", "artifacts", f"artifacts/processor{attempt}",
+                                   f"artifacts/processor{attempt}/0.500"):
+                        client.zip_contents(path, folder, recursive=False)
+                    by_folder.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    listing = client.zip_contents(path, "", recursive=True)
+                    whole.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    with gc_paused():
+                        ArchiveTree(listing, path)
+                    tree.append(time.perf_counter() - start)
+                    del listing
+                # The server keeps answers it gave: only the first asks of it are the index's.
+                out.append({"members": count, "whole_listing_s": round(whole[0], 3),
+                            "tree_s": round(min(tree), 3),
+                            "four_folders_s": round(by_folder[0], 3)})
     finally:
         server.stop()
     return out

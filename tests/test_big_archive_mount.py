@@ -19,6 +19,7 @@ import pytest
 from storagefs.client import StorageClient
 from storagefs.config import ClientConfig
 from storagefs.mount.archivelisting import LAZY_MEMBERS
+from storagefs.mount.vfs import WALK_GAP
 
 from bigarchive import FIELDS, member_bytes, write_task_archive
 from mountharness import assert_clean_log, foreground_mount, object_reads, require_fuse
@@ -120,6 +121,25 @@ def test_find_over_a_processor_folder_lists_its_subtree_at_once(server, big_arch
         again, took_again = timed("find", str(mnt / ROOT / "million.zip/artifacts/processor7"))
         assert again.stdout.count("\n") == 17_001 and zip_calls(server) - calls <= 6
         assert rss_peak(process.pid) <= CACHE_SIZE + 100 * MiB
+    assert_clean_log(log)
+
+
+def test_a_folder_looked_at_after_a_pause_is_no_walk(server, big_archives, tmp_path):
+    """``ls`` of a folder, then (typed, later) of one inside: that folder's listing alone."""
+    warm(server, "million.zip")
+    mnt, log = tmp_path / "mnt", tmp_path / "mount.log"
+    processor = mnt / ROOT / "million.zip/artifacts/processor2"
+    with foreground_mount(server, mnt, log):
+        assert len(os.listdir(processor)) == 1000
+        time.sleep(WALK_GAP + 0.5)
+        calls = zip_calls(server)
+        assert sorted(os.listdir(processor / "0.001")) == sorted(FIELDS)
+        assert zip_calls(server) - calls == 1
+        assert len(os.listdir(processor)) == 1000  # kept: no request
+        assert sorted(os.listdir(processor / "0.002")) == sorted(FIELDS)  # now a walk:
+        assert zip_calls(server) - calls == 3  # the folder, then processor2's subtree
+        assert sorted(os.listdir(processor / "0.003")) == sorted(FIELDS)
+        assert zip_calls(server) - calls == 3
     assert_clean_log(log)
 
 

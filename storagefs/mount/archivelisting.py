@@ -11,23 +11,26 @@ ranged GET of the archive's last bytes gives the member count and the size of th
 directory (``read_census``). An archive too small in bytes to hold ``LAZY_MEMBERS`` members
 is not probed at all (``needs_census``), so small archives cost what they always did.
 
-The threshold, measured (``scripts/bench_listing.py --threshold``, reference server with its
-index warm, this project's 2-core test machine; archives of ``tests/bigarchive.py``'s shape):
+The threshold, measured (``scripts/bench_listing.py --threshold``: reference server with one
+worker and its index warm, this project's shared 2-core machine, archives of
+``tests/bigarchive.py``'s shape; the first ls of a deep folder asks for four folders):
 
-=========  ==========================  ==================  ===========================
-members    whole listing + tree build  one folder listing  first ``ls`` 4 folders deep
-=========  ==========================  ==================  ===========================
-10,000     0.25 s + 0.08 s             5 ms                20 ms
-30,000     1.05 s + 0.41 s             6 ms                25 ms
-100,000    3.51 s + 1.49 s             19 ms               75 ms
-300,000    16.5 s + 4.8 s              74 ms               0.3 s
-=========  ==========================  ==================  ===========================
+=========  =============  ==========  ====================
+members    whole listing  tree built  four folder listings
+=========  =============  ==========  ====================
+10,000     0.20 s         0.06 s      28 ms
+30,000     0.61 s         0.19 s      24 ms
+100,000    1.95 s         0.67 s      34 ms
+300,000    6.64 s         2.18 s      45 ms
+=========  =============  ==========  ====================
 
-Listed whole, an archive costs about 45 us per member before its first ``ls`` answers, and
-about 1 KB per member of memory while it is kept; listed by folder, the first ``ls`` costs a
-few folder listings whatever the size, but a walk of everything (``find``, ``ls -lR``) costs
-one request per folder instead of one in all. At 20,000 members the whole listing passes
-about a second, which is where a user notices: above it, folder by folder.
+Listed whole, an archive costs about 27 us per member before its first ``ls`` answers (twice
+that when the machine is busy: 1.46 s for 30,000 in an earlier run), and about 0.7 KB per
+member of memory while it is kept; listed by folder, the first ``ls`` costs a few folder
+listings whatever the size, but a walk of everything (``find``, ``ls -lR``) costs a request
+per folder (or per small subtree) instead of one in all. At 20,000 members the whole
+listing takes half a second on a quiet machine and a second on a busy one, which is where a
+user starts to wait: from there on, folder by folder.
 """
 
 from __future__ import annotations
