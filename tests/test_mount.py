@@ -29,6 +29,7 @@ import pytest
 
 from storagefs import protocol
 from storagefs.errors import CorruptArchive
+from storagefs.mount.archivelisting import needs_census
 from storagefs.mount.backend import CachedBackend
 from storagefs.mount.vfs import VFS
 
@@ -373,7 +374,11 @@ def test_walks_show_everything_and_read_no_data(server, served, mnt):
     usage = int(run("du", "-s", "-B1", str(archive)).stdout.split()[0])
     compressed = os.path.getsize(server.root / ROOT / "task-0001" / "output.zip")
     assert 0 < usage <= compressed + 8 * 512  # du counts what the members take in storage
-    assert object_reads(server) == before, "listing, stat, find and du must not read data"
+    # ... but for the end records of archives big enough to be listed folder by folder.
+    probed = sum(1 for folder in ("producers", "task-0001", "sim", "plain")
+                 for path in (server.root / ROOT / folder).rglob("*.[zZ][iI][pP]")
+                 if path.is_file() and needs_census(path.stat().st_size))
+    assert object_reads(server) == before + probed, "listing, stat, find and du read no data"
 
 
 def test_every_member_compares_equal(served, read_mnt, tmp_path):

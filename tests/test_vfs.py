@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
 import threading
+import sys
 import time
+import tracemalloc
+import zipfile
 
 import pytest
 
 from storagefs import protocol
 from storagefs.errors import (CorruptArchive, InvalidRequest, IsADirectory, NotADirectory,
                               NotFound, PermissionDenied, ServerError)
+from storagefs.mount import vfs as vfs_module
+from storagefs.mount.archivelisting import (LAZY_MEMBERS, MIN_MEMBER_BYTES, FolderCache,
+                                            needs_census, path_inode, read_census,
+                                            split_subtree)
 from storagefs.mount.backend import CachedBackend, MetadataCache, SignedUrlCache, url_expiry
-from storagefs.mount.vfs import ARCHIVE, FILE, FOLDER, MEMBER, MEMBER_DIR, VFS, safe_parts
+from storagefs.mount.read import ReadContext
+from storagefs.mount.read.blockcache import BlockCache
+from storagefs.mount.vfs import (ARCHIVE, FILE, FOLDER, MEMBER, MEMBER_DIR, VFS, ArchiveFolder,
+                                 ArchiveTree, safe_parts)
 
 from archives import build_pyzip, build_stream_zip, mixed_bytes, sample_files
+from bigarchive import FIELDS, member_names, write_task_archive
 from fakes import WHEN, FakeStorage
 
 
@@ -415,3 +427,180 @@ def test_a_zip_that_is_no_archive_becomes_the_file_it_is(storage_files, caplog):
     assert read_whole(vfs, "/task3/broken.zip") == data
     assert storage.count("zip") == 1  # asked once per archive version
     assert vfs.directory("/task1/output.zip").kind == ARCHIVE
+
+
+# -- archives listed folder by folder (archivelisting) ---------------------------------------
+
+
+def file_fetch(path) -> tuple[list[tuple[int, int]], object]:
+    """A ``Fetch`` over a local file, and the ranges it was asked for."""
+    asked: list[tuple[int, int]] = []
+
+    def fetch(start: int, end: int) -> bytes:
+        asked.append((start, end))
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    return asked, fetch
+
+
+def test_census_reads_the_end_records_in_one_small_get(tmp_path):
+    big = write_task_archive(tmp_path / "task.zip", 70_000)  # zip64: the plain record says 0xFFFF
+    asked, fetch = file_fetch(big)
+    size = big.stat().st_size
+    census = read_census(fetch, size)
+    assert census.members == 70_000 and asked == [(size - 1024, size)]
+    with zipfile.ZipFile(big) as zf:
+        assert census.directory_size == sum(46 + len(i.filename.encode()) for i in zf.infolist())
+    commented = tmp_path / "commented.zip"
+    with zipfile.ZipFile(commented, "w") as zf:
+        for i in range(5):
+            zf.writestr(f"d/{i}.txt", b"x")
+        zf.comment = b"c" * 5000  # the records are beyond the first GET
+    asked, fetch = file_fetch(commented)
+    assert read_census(fetch, commented.stat().st_size).members == 5 and len(asked) == 2
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"not an archive" * 1000)
+    with pytest.raises(CorruptArchive):
+        read_census(file_fetch(plain)[1], plain.stat().st_size)
+
+
+def test_only_archives_that_could_be_big_are_probed():
+    assert not needs_census(LAZY_MEMBERS * MIN_MEMBER_BYTES - 1)
+    assert needs_census(LAZY_MEMBERS * MIN_MEMBER_BYTES)
+
+
+def test_a_subtree_becomes_the_listings_of_its_folders():
+    e = protocol.ZipEntry
+    listing = protocol.ZipListing(99, [
+        e("0.001/U", 3, 3, 10, None, 0), e("0.001/p", 4, 4, 20, None, 0),
+        e("0.002/", 0, 0, None, dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc), 0),
+        e("0.002/U", 5, 5, 30, None, 0), e("top.txt", 1, 1, 40, None, 0),
+        e("deep/er/x", 1, 1, 50, None, 0)])
+    parts = split_subtree(listing)
+    names = {path: sorted(name for name, _ in part) for path, part in parts.items()}
+    assert names == {"": ["0.001/", "0.002/", "deep/", "top.txt"], "0.001": ["U", "p"],
+                     "0.002": ["U"], "deep": ["er/"], "deep/er": ["x"]}
+    top = dict(parts[""])
+    assert top["0.002/"].creation_time is not None and top["0.001/"].creation_time is None
+    assert parts["0.001"][0][1].range_start == 10
+    folder = ArchiveFolder(parts["0.001"], "artifacts/p3/0.001", "/t/a.zip")
+    member = folder.children["U"]
+    assert member is not None and member.name == "artifacts/p3/0.001/U" and member.size == 3
+
+
+def test_folder_listings_live_in_the_memory_budget():
+    budget = BlockCache(10_000)
+    now = [0.0]
+    folders = FolderCache(budget, ttl=60, clock=lambda: now[0])
+    loads: list[str] = []
+
+    def loader(name: str, cost: int):
+        return lambda: (loads.append(name) or name, cost)
+
+    assert folders.get("a", loader("a", 4_000)) == "a"
+    assert folders.get("a", loader("a", 4_000)) == "a" and loads == ["a"]
+    folders.get("b", loader("b", 4_000))
+    folders.get("c", loader("c", 4_000))  # a goes: the budget holds two
+    assert budget.used == 8_000
+    folders.get("a", loader("a", 4_000))
+    assert loads == ["a", "b", "c", "a"]
+    now[0] = 61.0  # past the TTL: asked again
+    folders.get("a", loader("a", 4_000))
+    assert loads[-1] == "a" and len(loads) == 5
+    assert folders.get("huge", loader("huge", 50_000)) == "huge"  # too large for the budget:
+    assert ("listing", "huge") not in budget  # kept outside it, the last one only
+    assert folders.get("huge", loader("huge", 50_000)) == "huge" and loads.count("huge") == 1
+    folders.get("huge2", loader("huge2", 50_000))
+    folders.get("huge", loader("huge", 50_000))
+    assert loads[-3:] == ["huge", "huge2", "huge"]
+
+
+def test_concurrent_misses_list_a_folder_once():
+    folders = FolderCache(BlockCache(1 << 20), ttl=60)
+    started = threading.Event()
+    loads = []
+
+    def slow():
+        loads.append(1)
+        started.set()
+        time.sleep(0.2)
+        return "x", 100
+
+    threads = [threading.Thread(target=folders.get, args=("k", slow)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert loads == [1]
+
+
+@pytest.mark.parametrize("files", [True, False])
+def test_a_folder_costs_no_more_than_its_estimate(files):
+    """The estimate counted in the budget covers what a folder and its entries take."""
+    when = dt.datetime(2025, 1, 1, 12, tzinfo=dt.timezone.utc)
+    if files:
+        items = [protocol.ZipEntry(f"{FIELDS[i % 16]}{i // 16 or ''}", 38, 38, 1000 + i, when,
+                                   0, 1234 + i) for i in range(1000)]
+    else:
+        items = [protocol.ZipEntry(f"{(i + 1) / 1000:.3f}/", 0, 0, None, None, 0)
+                 for i in range(1000)]
+    listing = protocol.ZipListing(1, items)
+    inner, label = "artifacts/processor33" + ("/0.500" if files else ""), "/big/million.zip"
+    gc.collect()
+    tracemalloc.start()
+    try:
+        folder = ArchiveFolder(vfs_module.listed(listing), inner, label)
+        for name, member in folder.children.items():
+            path = f"{label}/{inner}/{name}"
+            folder.entries[name] = vfs_module.Entry(
+                path, MEMBER if member else MEMBER_DIR, 38, 38, 1.0, path_inode(path),
+                "big/million.zip", (184145098, 1.0), f"{inner}/{name}", member)
+        taken = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert taken <= folder.cost <= 2 * taken, (taken, folder.cost)
+
+
+def test_inode_numbers_from_paths():
+    first = path_inode("/a/million.zip/artifacts/processor3/0.500/U")
+    assert first == path_inode("/a/million.zip/artifacts/processor3/0.500/U")
+    assert 1 << 62 <= first < 1 << 63
+    numbers = {path_inode(f"/a/million.zip/{name}") for name in member_names(50_000)}
+    assert len(numbers) == 50_000
+
+
+def test_archive_trees_count_in_the_memory_budget(storage_files):
+    context = ReadContext(16 << 20)
+    vfs, storage = make_vfs(storage_files, context=context, max_archives=1)
+    vfs.list("/task1/output.zip/artifacts")
+    assert context.cache.used >= 5 * ArchiveTree.MEMBER_COST  # the tree, at its estimated cost
+    vfs.list("/task1/output.zip/artifacts")
+    assert storage.count("zip") == 1
+    vfs.list("/task2/output.zip")  # max_archives=1: the other tree goes
+    vfs.list("/task1/output.zip")
+    assert storage.count("zip") == 3
+    context.cache.clear()  # as when data has taken the budget
+    vfs.list("/task1/output.zip")
+    assert storage.count("zip") == 4
+
+
+def test_a_tree_costs_no_more_than_its_estimate():
+    when = dt.datetime(2025, 1, 1, 12, tzinfo=dt.timezone.utc)
+    label = "/big/small.zip"
+    gc.collect()
+    tracemalloc.start()
+    try:
+        listing = protocol.ZipListing(1, [protocol.ZipEntry(name, 38, 38, 1000 + i, when, 0, i)
+                                          for i, name in enumerate(member_names(3_000))])
+        before = tracemalloc.get_traced_memory()[0] - sum(  # the names stay, the rest goes
+            sys.getsizeof(item.name) for item in listing.contents)
+        tree = ArchiveTree(listing, label)
+        for rel, member in tree.files.items():
+            tree.entries[rel] = vfs_module.Entry(f"{label}/{rel}", MEMBER, 38, 38, 1.0, 99,
+                                                 "big/small.zip", (1, 1.0), rel, member)
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    cost = tree.cost(listing, len(label))
+    assert taken <= cost <= 2 * taken, (taken, cost)

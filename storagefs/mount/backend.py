@@ -7,7 +7,8 @@ kept for ``ttl`` seconds, member ranges per archive version (which fixes them), 
 for the shorter ``negative_ttl`` (shells and file managers probe many missing names), and
 download URLs until shortly before the expiry they carry. Archive listings are not kept here:
 ``vfs.VFS`` keeps the tree it builds from each (one cache of archives, holding what lookups
-use), through a ``MetadataCache`` of its own.
+use), through a ``MetadataCache`` of its own, and the folders of archives listed folder by
+folder in the memory budget (``archivelisting``), for this ``ttl``.
 
 Neither these caches nor cachetools' are thread-safe, so each has a lock; loads happen outside
 it, and concurrent misses on one key wait for a single load instead of all asking the server
@@ -46,6 +47,12 @@ class Backend(Protocol):
 
     def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing: ...
 
+    def zip_folder(self, path: str, folder: str, version: Hashable = None,
+                   recursive: bool = False) -> protocol.ZipListing:
+        """The direct children of one folder of an archive ("" for its top level), or with
+        ``recursive`` all below it; names are relative to it, sub-folders end in "/" (``vfs``
+        lists big archives this way)."""
+
     def member_range(self, path: str, member: str,
                      version: Hashable = None) -> protocol.ZipRange: ...
 
@@ -72,6 +79,10 @@ class ClientBackend:
 
     def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing:
         return self.client.zip_contents(path, "", recursive=True, region=self.region)
+
+    def zip_folder(self, path: str, folder: str, version: Hashable = None,
+                   recursive: bool = False) -> protocol.ZipListing:
+        return self.client.zip_contents(path, folder, recursive=recursive, region=self.region)
 
     def member_range(self, path: str, member: str, version: Hashable = None) -> protocol.ZipRange:
         folder, _, filename = member.rpartition("/")
@@ -309,6 +320,7 @@ class CachedBackend:
     def __init__(self, backend: Backend, ttl: float = 60.0, negative_ttl: float = 5.0,
                  clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
         self.backend = backend
+        self.ttl = ttl  # also how long ``vfs`` keeps folders of archives listed by folder
         self.negative_ttl = negative_ttl
         self.metadata = MetadataCache(ttl, negative_ttl, clock=clock)
         self.ranges = MetadataCache(float("inf"), negative_ttl, maxsize=65536, clock=clock)
@@ -321,6 +333,10 @@ class CachedBackend:
 
     def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing:
         return self.backend.zip_listing(path, version)
+
+    def zip_folder(self, path: str, folder: str, version: Hashable = None,
+                   recursive: bool = False) -> protocol.ZipListing:
+        return self.backend.zip_folder(path, folder, version, recursive)
 
     def member_range(self, path: str, member: str, version: Hashable = None) -> protocol.ZipRange:
         return self.ranges.get((path, member, version),

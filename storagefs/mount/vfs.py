@@ -18,6 +18,11 @@ What the tree shows:
   listings), so a replaced archive gets a new tree and an unchanged one keeps its tree, and
   its entries, across TTL expiries. Folders implied by deeper names exist even without an
   entry of their own.
+- An archive of ``archivelisting.LAZY_MEMBERS`` members or more (by its end records, one
+  ranged GET, read only if its size allows that many) is listed one folder at a time
+  instead: a path deep inside lists only the folders on the way, each kept in the memory
+  budget for the metadata TTL, and a walk lists a small subtree at once (``_walk_ahead``).
+  Its inode numbers come from the paths (``archivelisting.path_inode``).
 - Member names are shown as written (the server decodes UTF-8, the Unicode Path field and
   legacy code pages), with what could leave the archive's folder taken out, as ``zipfile``
   does when it extracts: empty, ``.`` and ``..`` components are dropped, so ``/abs/x`` and
@@ -27,7 +32,7 @@ What the tree shows:
 - Archives that are not: a ``*.zip`` is shown as a folder without asking the server
   (``stat`` and ``ls -l`` of a folder of archives cost no archive listing). When its listing
   is first needed (``directory``, ``list``, a path inside it) and ``zip-contents`` refuses it
-  (not a ZIP, a damaged central directory, more members than the server lists), that
+  (not a ZIP, a damaged central directory, more members than the server lists: 413), that
   version of the object is the plain file it is from then on, readable byte for byte, and
   one warning says why. The kernel may still hold the folder in its entry cache (for
   ``--metadata-ttl``): ``fuseops`` answers the open of that stale folder so that the kernel
@@ -47,7 +52,8 @@ import re
 import dataclasses
 import threading
 import time
-from typing import Callable, Hashable, Iterator, NamedTuple, Sequence
+from collections import OrderedDict
+from typing import Callable, Hashable, Iterable, Iterator, NamedTuple, Sequence
 
 from cachetools import LRUCache
 
@@ -56,6 +62,8 @@ from ..errors import (CorruptArchive, InvalidRequest, IsADirectory, NotADirector
                       PermissionDenied, StorageError, TooLarge)
 from ..gcpause import gc_paused
 from ..zipfmt import Fetch
+from .archivelisting import (LAZY_MEMBERS, FolderCache, needs_census, path_inode, read_census,
+                             split_subtree, walk_estimate)
 from .backend import Backend, MetadataCache
 from .memberstart import MemberStart, locate, primed
 from .read import DiskCache, FileReader, MemberReader, RangeReader, ReadContext
@@ -195,6 +203,18 @@ class ArchiveTree:
         self.dirs[parent][name] = None
         return path
 
+    # Bytes one member costs in a tree, its entry included, besides its name three times
+    # (member, key, entry path) and the archive's path once: measured with tracemalloc over
+    # trees of 3,000 and 16,000 members of tests/bigarchive.py's shape (575 bytes each with
+    # the entries, names aside), rounded up.
+    MEMBER_COST = 650
+
+    def cost(self, listing: protocol.ZipListing, label: int) -> int:
+        """What the tree takes in memory, about, once every entry is made (``listing`` is
+        the one it was built from)."""
+        names = sum(len(item.name) for item in listing.contents)
+        return len(listing.contents) * (self.MEMBER_COST + label) + 3 * names
+
     def dir_time(self, rel: str) -> float | None:
         """The time of a folder, else of its nearest ancestor that has one."""
         while rel:
@@ -208,13 +228,67 @@ class ArchiveTree:
         return len(self.files) + len(self.dirs) - 1
 
 
+class ArchiveFolder:
+    """One folder of an archive listed folder by folder (``archivelisting``): its children by
+    shown name (a ``Member``, or None for a sub-folder), the sub-folders' times, and the
+    entries made from them on first use. Names are cleaned as ``ArchiveTree`` cleans them;
+    the server has already left out what its own normalising drops."""
+
+    __slots__ = ("children", "times", "entries", "cost")
+
+    # Bytes one child costs, its entry included, besides twice its name (member name and
+    # entry path): measured with tracemalloc over folders of 16 and 1,000 members
+    # (``tests/test_vfs.py`` checks the estimate), rounded up.
+    CHILD_COST = 700
+    BASE_COST = 1200
+
+    def __init__(self, items: Iterable[tuple[str, protocol.ZipEntry]], inner: str,
+                 label: str) -> None:
+        """``items``: (name relative to the folder, entry) as listed (``listed``,
+        ``archivelisting.split_subtree``)."""
+        self.children: dict[str, Member | None] = {}
+        self.times: dict[str, float | None] = {}
+        self.entries: dict[str, Entry] = {}
+        prefix = inner + "/" if inner else ""
+        names = 0
+        for listed_name, item in items:
+            raw = listed_name.split("\x00", 1)[0]
+            name = _displayable(raw.strip("/"))
+            if not name or "/" in name or name in (".", ".."):
+                log.warning("%s/%s: member %r has no usable name; not shown", label, inner,
+                            listed_name)
+                continue
+            if raw.endswith("/"):
+                if self.children.get(name) is not None:
+                    log.warning("%s: %r is both a file and a folder; the folder is shown",
+                                label, prefix + name)
+                self.children[name] = None
+                self.times[name] = _timestamp(item.creation_time)
+            elif name in self.children and self.children[name] is None:
+                log.warning("%s: file %r has the name of a folder; the folder is shown", label,
+                            prefix + raw)
+                continue
+            else:
+                self.children[name] = Member(
+                    prefix + raw, item.size or 0, item.compressed_size or 0, item.range_start,
+                    item.compress_type or 0, item.crc32, _timestamp(item.creation_time))
+            names += len(name)
+        self.cost = self.BASE_COST + len(self.children) * self.CHILD_COST + 2 * names + \
+            2 * len(self.children) * (len(label) + len(prefix))
+
+
+def listed(listing: protocol.ZipListing) -> Iterator[tuple[str, protocol.ZipEntry]]:
+    """A folder's listing as ``ArchiveFolder`` takes it."""
+    return ((item.name, item) for item in listing.contents)
+
+
 class VFS:
     """The mount's tree over a ``Backend`` (normally a ``backend.CachedBackend``)."""
 
     def __init__(self, backend: Backend, *, zip_as_dir: bool = True, window: int = 8 << 20,
                  max_archives: int = 64, negative_ttl: float = 5.0,
                  clock: Callable[[], float] = time.time, context: ReadContext | None = None,
-                 disk: DiskCache | None = None) -> None:
+                 disk: DiskCache | None = None, metadata_ttl: float | None = None) -> None:
         self.backend = backend
         self.negative_ttl = negative_ttl  # a name missing from a listing is trusted this long
         self.zip_as_dir = zip_as_dir
@@ -230,16 +304,31 @@ class VFS:
         # A plain dict: it is read on every stat, where a dict get costs 0.04 us and a cachetools
         # LRUCache get 0.6 us (measured in one process); the oldest listing goes first, past 1024.
         self._folders: dict[str, _Folder] = {}  # storage path -> its last listing
-        # (path, version) -> tree, the least recently used going first past ``max_archives``;
-        # concurrent misses build one tree from one listing, and a missing archive is
-        # remembered for ``negative_ttl``.
-        self._trees = MetadataCache(float("inf"), negative_ttl, maxsize=max(1, max_archives))
+        # (path, version) -> tree, kept in the memory budget (``ArchiveTree.cost``), at most
+        # ``max_archives`` of them, the least recently built going first; concurrent misses
+        # build one tree from one listing, and a missing archive is remembered for
+        # ``negative_ttl``.
+        self._trees = FolderCache(self.context.cache, float("inf"), negative_ttl)
+        self._tree_keys: OrderedDict[tuple, None] = OrderedDict()
+        self.max_archives = max(1, max_archives)
         # (object path, version, member) -> where its data starts, proven: opened again, a
         # member costs no request.
         self._starts: LRUCache[tuple, MemberStart] = LRUCache(maxsize=1 << 16)
         self._starts_lock = threading.Lock()
         # (object path, version) -> why the server could not list it: shown as a file.
         self._not_archives: dict[tuple[str, Hashable], str] = {}
+        # Archives of many members, listed folder by folder (``archivelisting``): (path,
+        # version) -> member count from the end records; folders kept in the memory budget
+        # for the backend's metadata TTL (``metadata_ttl`` for a backend that keeps none).
+        self._censuses = MetadataCache(float("inf"), negative_ttl, maxsize=4096)
+        if metadata_ttl is None:
+            metadata_ttl = getattr(backend, "ttl", 60.0)
+        self._archive_folders = FolderCache(self.context.cache, float(metadata_ttl))
+        # (path, version, folder) -> when it was listed (readdir), and when its whole subtree
+        # was: a walk lists a folder's subtree at once (``_walk_ahead``).
+        self._listed: LRUCache[tuple, float] = LRUCache(maxsize=4096)
+        self._subtrees: LRUCache[tuple, float] = LRUCache(maxsize=4096)
+        self._walk_lock = threading.Lock()
 
     # -- the contract ------------------------------------------------------------------------
 
@@ -250,7 +339,13 @@ class VFS:
         entry, archive = self._resolve(path)
         if not entry.is_dir:
             raise NotADirectory(f"not a folder: {entry.path}")
-        return list(self._children(entry, archive))
+        if archive is None or not self._by_folder(archive):
+            return list(self._children(entry, archive))
+        self._walk_ahead(archive, entry.inner)
+        children = list(self._children(entry, archive))
+        with self._walk_lock:
+            self._listed[(archive.object_path, archive.version, entry.inner)] = time.monotonic()
+        return children
 
     def directory(self, path: str) -> Entry:
         """The entry at ``path``, once it is known whether it can be listed: an archive is
@@ -258,7 +353,10 @@ class VFS:
         entry, _ = self._resolve(path)
         if entry.kind == ARCHIVE:
             try:
-                self._tree(entry)
+                if self._by_folder(entry):
+                    self._archive_folder(entry, "")
+                else:
+                    self._tree(entry)
             except NotAnArchive:
                 return self.lookup(path)
         return entry
@@ -333,6 +431,8 @@ class VFS:
 
     def _member(self, archive: Entry, names: Sequence[str]) -> Entry:
         """The entry at ``names`` inside the archive (its cleaned path, split)."""
+        if self._by_folder(archive):
+            return self._folder_member(archive, names)
         tree = self._tree(archive)
         rel = "/".join(names)
         entry = tree.entries.get(rel) or self._member_entry(archive, tree, rel)
@@ -366,6 +466,13 @@ class VFS:
                     yield entry
         else:
             assert archive is not None
+            if self._by_folder(archive):
+                folder = self._archive_folder(archive, parent.inner)
+                for name in list(folder.children):
+                    entry = self._folder_entry(archive, folder, parent.inner, name)
+                    if entry is not None:
+                        yield entry
+                return
             tree = self._tree(archive)
             prefix = parent.inner + "/" if parent.inner else ""
             for name in tree.dirs.get(parent.inner, {}):
@@ -425,7 +532,7 @@ class VFS:
         cannot read it as one (see the module notes)."""
         key = (entry.object_path, entry.version)
 
-        def build() -> ArchiveTree:
+        def build() -> tuple[ArchiveTree, int]:
             self._check_archive(entry, key)  # (another thread may have been refused)
             try:
                 listing = self.backend.zip_listing(entry.object_path, entry.version)
@@ -433,7 +540,13 @@ class VFS:
                 self._not_an_archive(entry, key, str(exc))
                 raise self._refusal(entry, key) from None
             with gc_paused():  # 1e5 members: see storagefs.gcpause
-                return ArchiveTree(listing, "/" + entry.object_path)
+                tree = ArchiveTree(listing, "/" + entry.object_path)
+            with self._lock:
+                self._tree_keys[key] = None
+                self._tree_keys.move_to_end(key)
+                while len(self._tree_keys) > self.max_archives:
+                    self._trees.discard(self._tree_keys.popitem(last=False)[0])
+            return tree, tree.cost(listing, len(entry.path))
 
         self._check_archive(entry, key)
         return self._trees.get(key, build)
@@ -456,6 +569,135 @@ class VFS:
             if folder is not None:
                 folder.entries.pop(entry.name, None)
         log.warning("%s: not readable as a ZIP archive (%s); shown as a file", entry.path, why)
+
+    # -- archives listed folder by folder (archivelisting) ----------------------------------
+
+    def _by_folder(self, archive: Entry) -> bool:
+        """Whether the archive is listed folder by folder: it has ``LAZY_MEMBERS`` members or
+        more, by its end records (read once per version, and only when its size allows)."""
+        key = (archive.object_path, archive.version)
+        self._check_archive(archive, key)
+        size = archive.version[0] if isinstance(archive.version, tuple) else 0
+        if not needs_census(size):
+            return False
+
+        def count() -> int:
+            fetch = self._fetcher(archive.object_path)
+            if self.disk is not None:  # a later mount finds the end records there
+                fetch = self.disk.wrap(fetch, key)
+            try:
+                census = read_census(fetch, size)
+            except CorruptArchive as exc:  # the server will say what it is
+                log.info("%s: %s; listed whole", archive.path, exc)
+                return 0
+            log.debug("%s: %d members, central directory of %d bytes", archive.path,
+                      census.members, census.directory_size)
+            return census.members
+
+        return bool(self._censuses.get(key, count) >= LAZY_MEMBERS)
+
+    def _archive_folder(self, archive: Entry, inner: str) -> ArchiveFolder:
+        """One folder of the archive (``inner`` = its cleaned path, "" for the top), kept in
+        the memory budget for the metadata TTL; ``NotAnArchive`` if the server refuses."""
+        key = (archive.object_path, archive.version)
+
+        def load() -> tuple[ArchiveFolder, int]:
+            self._check_archive(archive, key)  # (another thread may have been refused)
+            try:
+                listing = self.backend.zip_folder(archive.object_path, inner, archive.version)
+            except (InvalidRequest, TooLarge, CorruptArchive) as exc:
+                self._not_an_archive(archive, key, str(exc))
+                raise self._refusal(archive, key) from None
+            with gc_paused():
+                folder = ArchiveFolder(listed(listing), inner, archive.path)
+            return folder, folder.cost
+
+        return self._archive_folders.get(key + (inner,), load)
+
+    def _walk_ahead(self, archive: Entry, inner: str) -> None:
+        """Before listing ``inner``: if this is a walk (``find``, ``ls -R``, ``du``: its parent
+        was listed less than ``WALK_GAP`` seconds before) and ``inner`` holds only files, the
+        parent's subtree is estimated from it (``archivelisting.walk_estimate``) and, if it
+        has fewer than ``LAZY_MEMBERS`` members, listed in one request, its folders all kept:
+        a walk of ``processor3`` costs one request instead of one per time step. Someone
+        typing ``ls`` of a folder, then of one inside, is slower than a walk, and is answered
+        with that folder's listing alone."""
+        key = (archive.object_path, archive.version)
+        ttl = self._archive_folders.ttl
+        now = time.monotonic()
+        parent = inner.rpartition("/")[0]
+        with self._walk_lock:
+            walked = inner and now - self._listed.get(key + (parent,), -ttl) < WALK_GAP
+            if not walked or now - self._subtrees.get(key + (parent,), -ttl) < ttl:
+                return
+            self._subtrees[key + (parent,)] = now  # tried once per TTL, whatever the answer
+        folder = self._archive_folder(archive, inner)
+        if None in folder.children.values():
+            return
+        above = self._archive_folder(archive, parent)
+        subfolders = sum(1 for child in above.children.values() if child is None)
+        estimate = walk_estimate(subfolders, len(above.children) - subfolders,
+                                 len(folder.children))
+        if estimate >= LAZY_MEMBERS:
+            return
+        try:
+            listing = self.backend.zip_folder(archive.object_path, parent, archive.version,
+                                              recursive=True)
+        except StorageError as exc:  # only a shortcut: the walk goes on folder by folder
+            log.warning("%s/%s: listing it at once failed (%s); listed folder by folder",
+                        archive.path, parent, exc)
+            return
+        with gc_paused():
+            for rel, part in split_subtree(listing).items():
+                path = f"{parent}/{rel}" if parent and rel else parent or rel
+                made = ArchiveFolder(part, path, archive.path)
+                self._archive_folders.put(key + (path,), made, made.cost)
+
+    def _folder_member(self, archive: Entry, names: Sequence[str]) -> Entry:
+        """The entry at ``names``, listing only the folders on the way (none if its own
+        folder is kept: ``ls -lR`` asks for each path through every folder above it)."""
+        if len(names) > 1:
+            inner = "/".join(names[:-1])
+            kept = self._archive_folders.peek((archive.object_path, archive.version, inner))
+            if kept is not None:
+                found = self._folder_entry(archive, kept, inner, names[-1])
+                if found is None:
+                    raise NotFound(f"no such file or folder: {archive.path}/{inner}/{names[-1]}")
+                return found
+        folder = self._archive_folder(archive, "")
+        inner = ""
+        entry = archive
+        for i, name in enumerate(names):
+            if i:
+                if not entry.is_dir:
+                    raise NotADirectory(f"not a folder: {entry.path}")
+                inner = entry.inner
+                folder = self._archive_folder(archive, inner)
+            found = self._folder_entry(archive, folder, inner, name)
+            if found is None:
+                raise NotFound(f"no such file or folder: {_join(entry.path, name)}")
+            entry = found
+        return entry
+
+    def _folder_entry(self, archive: Entry, folder: ArchiveFolder, inner: str,
+                      name: str) -> Entry | None:
+        """The entry of one child of a listed folder, kept with the folder; None if absent.
+        Its inode number comes from its path (``archivelisting.path_inode``)."""
+        entry = folder.entries.get(name)
+        if entry is not None or name not in folder.children:
+            return entry
+        member = folder.children[name]
+        rel = f"{inner}/{name}" if inner else name
+        path = f"{archive.path}/{rel}"
+        if member is None:
+            entry = Entry(path, MEMBER_DIR, 0, 0, folder.times.get(name) or archive.mtime,
+                          path_inode(path), archive.object_path, archive.version, rel)
+        else:
+            entry = Entry(path, MEMBER, member.size, member.compressed_size,
+                          member.mtime or archive.mtime, path_inode(path), archive.object_path,
+                          archive.version, rel, member)
+        folder.entries[name] = entry
+        return entry
 
     def _member_entry(self, archive: Entry, tree: ArchiveTree, rel: str) -> Entry | None:
         """The entry of a folder or member (by cleaned path), kept in the tree; None if absent.
@@ -517,6 +759,10 @@ class VFS:
 
 
 _FOLDERS_KEPT = 1024
+# A folder listed within this many seconds after its parent's listing ended is a walk: ``ls
+# -lR`` stats the parent's entries in between (0.46 ms each over a million members, measured
+# on a busy 2-core machine: 0.5 s for a folder of 1,000).
+WALK_GAP = 5.0
 _NOT_ARCHIVES_KEPT = 4096
 
 
