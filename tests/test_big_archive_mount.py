@@ -23,6 +23,7 @@ from storagefs.mount.vfs import WALK_GAP
 
 from bigarchive import FIELDS, member_bytes, write_task_archive
 from mountharness import assert_clean_log, foreground_mount, object_reads, require_fuse
+from serverharness import start_server
 
 ROOT = "big-archives"
 MILLION = 1_000_000
@@ -32,7 +33,8 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="session")
 def big_archives(server) -> Path:
-    """The archives, written once: a million members; the full 1,024,000 the server refuses;
+    """The archives, written once: a million members; the full 1,024,000 (which a server
+    limited to a million refuses);
     one just above ``LAZY_MEMBERS`` and one just below; one small enough not to be probed."""
     folder = server.root / ROOT
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,16 +148,24 @@ def test_a_folder_looked_at_after_a_pause_is_no_walk(server, big_archives, tmp_p
 def test_an_archive_the_server_refuses_is_the_file_it_is(server, big_archives, tmp_path):
     mnt, log = tmp_path / "mnt", tmp_path / "mount.log"
     archive = mnt / ROOT / "full.zip"
-    with foreground_mount(server, mnt, log):
-        inside = subprocess.run(["ls", str(archive / "artifacts")], capture_output=True,
-                                text=True, timeout=120)
-        assert inside.returncode != 0 and "Not a directory" in inside.stderr, inside.stderr
-        with open(archive, "rb") as f:  # the kernel looks it up again and finds the file
-            assert f.read(4) == b"PK\x03\x04"
-        assert os.stat(archive).st_size == os.path.getsize(big_archives / "full.zip")
+    limited = start_server(server.root, tmp_path, "--max-zip-entries", str(MILLION))
+    try:
+        with foreground_mount(limited, mnt, log):
+            _shown_as_file(archive, big_archives)
+    finally:
+        limited.stop()
     lines = [line for line in log.read_text().splitlines() if "full.zip" in line]
     assert len(lines) == 1 and "shown as a file" in lines[0] and "413" in lines[0], lines
     assert_clean_log(log)
+
+
+def _shown_as_file(archive: Path, big_archives: Path) -> None:
+    inside = subprocess.run(["ls", str(archive / "artifacts")], capture_output=True, text=True,
+                            timeout=120)
+    assert inside.returncode != 0 and "Not a directory" in inside.stderr, inside.stderr
+    with open(archive, "rb") as f:  # the kernel looks it up again and finds the file
+        assert f.read(4) == b"PK\x03\x04"
+    assert os.stat(archive).st_size == os.path.getsize(big_archives / "full.zip")
 
 
 @pytest.mark.parametrize("archive, count", [("small.zip", 3_000),

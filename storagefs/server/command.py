@@ -62,6 +62,12 @@ def _workers(value: str) -> int:
     return int(value)
 
 
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {value!r}")
+    return int(value)
+
+
 def default_workers() -> int:
     """One process per core this process may run on."""
     try:
@@ -132,6 +138,9 @@ examples:
     p.add_argument("--workers", type=_workers, default=default_workers(), metavar="N",
                    help="processes answering on the port (default: the number of cores, "
                    "%(default)s here; 1: a single process)")
+    p.add_argument("--max-zip-entries", type=_count, default=ServerConfig.max_zip_entries,
+                   metavar="N", help="refuse to index archives of more members (413; default: "
+                   "%(default)s, about 0.3 GB of memory per million while indexed)")
     p.add_argument("--allow-private-urls", action="store_true",
                    help="let upload-from-URL and export reach loopback and private addresses")
     p.set_defaults(run=run_serve)
@@ -264,7 +273,8 @@ def run_serve(args: argparse.Namespace) -> int:
                               host=args.host, port=port, api_keys=keys,
                               region=args.region, public_url=args.public_url,
                               signing_key=signing_key, signed_url_ttl_s=args.url_ttl,
-                              allow_private_urls=args.allow_private_urls)
+                              allow_private_urls=args.allow_private_urls,
+                              max_zip_entries=args.max_zip_entries)
         counters = None
         if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Before the metrics module is imported: the workers' counters go to files there,
