@@ -15,6 +15,7 @@ from cachetools import LRUCache
 
 from .blockcache import BlockCache, one_malloc_arena
 from .member import MemberState
+from .readahead import LinkMeter
 from .tuning import TUNING, MiB, ReadTuning
 
 
@@ -44,6 +45,7 @@ class ReadContext:
         self.interval = max(block, interval // block * block)
         self.decode_pool, self.fetch_pool = _pools(decode_workers, fetch_workers)
         self._states: LRUCache[Hashable, MemberState] = LRUCache(tuning.member_states)
+        self.link = LinkMeter(self.fetch_limit)
         self.queued = 0  # decode jobs submitted and not started: running ones yield to them
         self.open_readers = 0
         self._lock = threading.Lock()
@@ -79,6 +81,13 @@ class ReadContext:
         cache = self.cache
         share = (cache.capacity - cache.reserved) // (2 * max(1, self.open_readers))
         return max(self.tuning.block, min(self.read_ahead, share))
+
+    def fetch_limit(self) -> int:
+        """Compressed bytes one sequential stream may keep in flight now: a fair share of
+        what reservations may take (three quarters of the budget, counted twice while in
+        flight: ``readahead.RangeFeed``), at most ``max_in_flight``."""
+        share = self.cache.capacity * 3 // 8 // max(1, self.open_readers)
+        return max(self.tuning.max_request, min(self.tuning.max_in_flight, share))
 
     def stats(self) -> dict:
         return self.cache.stats()
