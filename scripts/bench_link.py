@@ -57,6 +57,7 @@ READERS_ZIP = "readers.zip"
 HUGE_ZIP = "huge.zip"
 HUGE_MEMBER = "huge.csv"
 CACHE_SIZE = 256 * MiB
+CHURN_GB = float(os.environ.get("BENCH_LINK_CHURN_GB", "4"))
 ROWS = ("cat", "first", "small", "readers", "rss")
 
 
@@ -413,7 +414,7 @@ def row_rss(server: Server, work: Path, huge: int) -> dict:
             path = m.point / "link" / HUGE_ZIP / HUGE_MEMBER
             os.stat(path)
             drop_caches()
-            with churn(3) if beside else contextlib.nullcontext():
+            with churn(CHURN_GB) if beside else contextlib.nullcontext():
                 seconds = timed_cat(path)
             figures[name] = {"hwm_mb": status(m.pid, "VmHWM") / 1e6,
                              "rss_after_mb": status(m.pid, "VmRSS") / 1e6,

@@ -124,3 +124,21 @@ def test_a_new_stream_starts_from_the_window_the_last_one_needed(pool):
     assert sum(end - start for start, end in link.calls) >= 4 * MiB, \
         "the second stream asked for its window at once, without ramping up again"
     second.close()
+
+
+def test_the_allocator_gives_its_free_pages_back_as_blocks_are_evicted(monkeypatch):
+    """Evicted blocks leave holes in the heap that glibc keeps: every ``trim_every`` evicted
+    bytes the cache has them given back (``malloc_trim``)."""
+    from storagefs.mount.read import blockcache
+
+    calls = []
+    monkeypatch.setattr(blockcache, "give_back_free_memory", lambda: calls.append(1))
+    cache = BlockCache(8 * MiB, trim_every=4 * MiB)
+    for index in range(8):  # fills the cache: nothing evicted yet
+        cache.put(index, bytes(1 * MiB))
+    assert not calls
+    for index in range(8, 16):  # 8 MiB evicted
+        cache.put(index, bytes(1 * MiB))
+    assert len(calls) == 2 and cache.stats()["trims"] == 2
+    monkeypatch.undo()
+    blockcache.give_back_free_memory()  # the real one: harmless anywhere
