@@ -387,6 +387,7 @@ def row_small(server: Server, work: Path) -> dict:
 def row_readers(server: Server, work: Path, each: int) -> dict:
     with Mount(server.url, work) as m:
         folder = m.point / "link" / READERS_ZIP
+        os.listdir(folder)
         drop_caches()
         one = timed_cat(folder / "r0.csv")
     with Mount(server.url, work) as m:
