@@ -45,7 +45,6 @@ RETRY_AFTER_MAX = 30.0  # seconds; as backoff_max
 _SAFE_FOR_POST = frozenset({429, 503})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _CHUNK = 256 * 1024
-_API_CONNECTIONS = 8  # kept per host beside ``pool_size`` transfers (make_session)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 # Google Cloud Storage answers an expired V4 signed URL with 400 and this code in an XML body.
 _EXPIRED_TOKEN = "<Code>ExpiredToken</Code>"
@@ -128,13 +127,7 @@ def make_session(config: ClientConfig) -> requests.Session:
         raise_on_redirect=False,
     )
     session = _Session()
-    # Connections kept per host: ``pool_size`` transfers at once (the mount's fetch pool keeps
-    # that many ranged GETs in flight on a long link) and room for the API calls made beside
-    # them (listings, signed URLs). A request beyond what the pool keeps opens a connection
-    # that is closed after it (urllib3: "Connection pool is full"), and on a long link with
-    # TLS a new connection costs two or three round trips before its first byte.
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=4,
-                          pool_maxsize=config.pool_size + _API_CONNECTIONS)
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=config.pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update({

@@ -28,12 +28,16 @@ class ReadContext:
     blocks a FUSE thread still holds after their eviction, and the allocator's free lists.
     Measured: a 256 MiB cache and ``cat`` of a 512 MiB member held 67 MiB more than the
     cache counted before this margin. ``interval``: deflate output between two snapshots
-    (``tuning.interval`` by default).
+    (``tuning.interval`` by default). ``fetch_workers``: ranged GETs in flight at once for
+    the whole mount; fewer than the HTTP client keeps connections (``ClientConfig.pool_size``,
+    16), so that listings and signed URLs asked beside a full fetch pool reuse a kept
+    connection too (past the pool, urllib3 opens one per request and closes it: on a long link
+    with TLS, two or three round trips before the first byte).
     """
 
     def __init__(self, cache_size: int = 256 * MiB, *, read_ahead: int = 16 * MiB,
                  interval: int | None = None, decode_workers: int = 16,
-                 fetch_workers: int = 16, tuning: ReadTuning = TUNING) -> None:
+                 fetch_workers: int = 12, tuning: ReadTuning = TUNING) -> None:
         one_malloc_arena()  # RSS near the budget (see there); before the pools start threads
         self.tuning = tuning
         block = tuning.block
