@@ -335,9 +335,10 @@ def row_cat(server: Server, work: Path, size: int, runs: int = 3) -> dict:
                     times[name].append(timed_cat(m.point / "link" / ARCHIVE / BIG_MEMBER))
             finally:
                 stop()
-    figures = {name: {"seconds": statistics.median(runs_s), "runs_s": runs_s,
-                      "mb_s": size / statistics.median(runs_s) / 1e6}
-               for name, runs_s in times.items()}
+    figures: dict[str, dict] = {
+        name: {"seconds": statistics.median(runs_s), "runs_s": runs_s,
+               "mb_s": size / statistics.median(runs_s) / 1e6}
+        for name, runs_s in times.items()}
     ratio = figures["rtt_50ms"]["mb_s"] / figures["direct"]["mb_s"]
     return {"row": "cat ~300 MiB member, 50 ms RTT over direct", "value": ratio,
             "target": ">= 0.8", "ok": ratio >= 0.8, **figures}
