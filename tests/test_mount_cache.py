@@ -6,10 +6,13 @@ A FUSE mount of the shared reference server; what the mount fetched is read from
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
+import sys
 import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +101,58 @@ def test_parallel_readers_through_the_mount(server, stored, tmp_path):
             t.join(120)
         assert not errors
     assert_clean_log(log)
+
+
+def _requests_made(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    """Requests by endpoint between two /metrics snapshots (/metrics itself not counted)."""
+    made: dict[str, int] = {}
+    for key, value in after.items():
+        if key.startswith("storagefs_requests_total{") and 'endpoint="/metrics"' not in key:
+            endpoint = key.split('endpoint="', 1)[1].split('"', 1)[0]
+            if value - before.get(key, 0.0):
+                made[endpoint] = made.get(endpoint, 0) + int(value - before.get(key, 0.0))
+    return made
+
+
+def test_a_small_member_cold_costs_four_requests(make_server, tmp_path):
+    """Listing its folder, the archive's listing, a signed URL, one ranged GET (the local
+    header's proof of the data offset and the data together): the top folder is known from
+    the mount's start-up check."""
+    require_fuse()
+    server = make_server()
+    small = text_bytes(64, 150_000)
+    (server.root / "runs").mkdir(parents=True)
+    with zipfile.ZipFile(server.root / "runs" / "task.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.dat", mixed_bytes(65, 3 * MiB))
+        zf.writestr("logs/small.txt", small)
+    mountpoint, log = tmp_path / "m", tmp_path / "m.log"
+    with foreground_mount(server, mountpoint, log):
+        before = server.metrics()
+        assert (mountpoint / "runs/task.zip/logs/small.txt").read_bytes() == small
+        made = _requests_made(before, server.metrics())
+    assert_clean_log(log)
+    assert sum(made.values()) <= 4, made
+    assert made.get("/storage/contents") == 1, made
+
+
+def test_reading_through_a_long_link(server, stored, tmp_path):
+    """A 50 ms round trip (``scripts/delayproxy.py``): the mount reads the same bytes,
+    sequentially and at random, with its window of ranges in flight widened."""
+    require_fuse()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from delayproxy import start_delay_proxy
+
+    port, stop = start_delay_proxy(int(server.url.rsplit(":", 1)[1]), 0.025)
+    try:
+        delayed = dataclasses.replace(server, url=f"http://127.0.0.1:{port}")
+        mountpoint, log = tmp_path / "m", tmp_path / "m.log"
+        with foreground_mount(delayed, mountpoint, log, "--cache-size", "64M", "--debug"):
+            assert (mountpoint / f"{ROOT}/run.zip/out/field.dat").read_bytes() == MEMBER
+            assert (mountpoint / f"{ROOT}/plain.bin").read_bytes() == PLAIN
+            preads(mountpoint / f"{ROOT}/plain.bin", PLAIN, seed=4, count=10)
+    finally:
+        stop()
+    assert_clean_log(log)
+    windows = [int(line.split("window ")[1].split()[0]) for line in log.read_text().splitlines()
+               if "read ahead:" in line]
+    assert windows and max(windows) > 2 * MiB, "the window grew beyond two ranges"

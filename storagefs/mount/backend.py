@@ -331,6 +331,11 @@ class CachedBackend:
         return self.metadata.get(("folder", path), lambda: self.backend.list_folder(path),
                                  max_age)
 
+    def know_folder(self, path: str, entries: list[protocol.StorageFile]) -> None:
+        """A whole listing of ``path`` made elsewhere (the mount's start-up check), kept as
+        if ``list_folder`` had made it now."""
+        self.metadata.get(("folder", path), lambda: entries)
+
     def zip_listing(self, path: str, version: Hashable = None) -> protocol.ZipListing:
         return self.backend.zip_listing(path, version)
 

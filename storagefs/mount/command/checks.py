@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ... import protocol
 from ...config import API_KEY_ENV, API_URL_ENV
 from ...errors import AuthenticationError, PermissionDenied, StorageError, TransferError
 
@@ -79,14 +80,16 @@ def check_cache_dir(path: Path) -> None:
         raise MountError(f"cache folder {path} is not writable")
 
 
-def check_storage(client: StorageClient) -> None:
-    """One small listing: the URL answers and accepts the key."""
+def check_storage(client: StorageClient) -> list[protocol.StorageFile] | None:
+    """One listing of the top folder: the URL answers and accepts the key. The entries when
+    that one page holds them all (the mount starts knowing its top folder, so the first path
+    used costs one request less), else None."""
     url = client.config.api_url
     if not client.config.api_key:
         raise MountError(f"no API key (pass --api-key, set {API_KEY_ENV}, or log in so that "
                          "~/.inductiva/api_key exists)")
     try:
-        client.contents("/", per_page=1)
+        page = client.contents("/", sort_by="name", order="asc", region=client.config.region)
     except (AuthenticationError, PermissionDenied):
         source = client.config.api_key_source
         if source:  # the one place the key came from (config.ClientConfig.from_env)
@@ -101,3 +104,4 @@ def check_storage(client: StorageClient) -> None:
             from None
     except StorageError as exc:
         raise MountError(f"the storage API at {url} failed: {exc}") from None
+    return page.contents if len(page.contents) < protocol.MAX_PER_PAGE else None

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ... import protocol
 from ...config import ClientConfig
 from ...errors import EXIT_ERROR, EXIT_OK
 from ..config import MountConfig
@@ -55,17 +56,18 @@ def run(mount: MountConfig, client_config: ClientConfig,
         if mount.read_write:
             check_cache_dir(mount.write_folder)
         with make_client(probe_config) as probe:
-            check_storage(probe)
+            top = check_storage(probe)
         if not mount.foreground:
             return supervise(_with_log_place(mount), client_config)
         client = make_client(client_config)
     except MountError as exc:
         print(f"storagefs mount: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    return _serve(mount, client)
+    return _serve(mount, client, top)
 
 
-def _serve(mount: MountConfig, client: StorageClient) -> int:
+def _serve(mount: MountConfig, client: StorageClient,
+           top: list[protocol.StorageFile] | None = None) -> int:
     """The FUSE loop in this process, until unmounted or signalled."""
     from ..backend import CachedBackend, ClientBackend
     from ..fuseops import StorageOperations, fuse_options, serve_forever
@@ -77,6 +79,8 @@ def _serve(mount: MountConfig, client: StorageClient) -> int:
     options = mount.option_map()
     backend = CachedBackend(ClientBackend(client, client.config.region),
                             ttl=mount.metadata_ttl, negative_ttl=mount.negative_ttl)
+    if top is not None:  # the check's listing of the top folder, while it is fresh
+        backend.know_folder("", top)
     disk = DiskCache(mount.cache_dir, mount.cache_dir_size) if mount.cache_dir else None
     vfs = VFS(backend, zip_as_dir=mount.zip_as == "dir", window=mount.window_bytes,
               max_archives=mount.max_archives, negative_ttl=mount.negative_ttl,

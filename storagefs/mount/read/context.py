@@ -15,6 +15,7 @@ from cachetools import LRUCache
 
 from .blockcache import BlockCache, one_malloc_arena
 from .member import MemberState
+from .readahead import LinkMeter
 from .tuning import TUNING, MiB, ReadTuning
 
 
@@ -27,12 +28,16 @@ class ReadContext:
     blocks a FUSE thread still holds after their eviction, and the allocator's free lists.
     Measured: a 256 MiB cache and ``cat`` of a 512 MiB member held 67 MiB more than the
     cache counted before this margin. ``interval``: deflate output between two snapshots
-    (``tuning.interval`` by default).
+    (``tuning.interval`` by default). ``fetch_workers``: ranged GETs in flight at once for
+    the whole mount; fewer than the HTTP client keeps connections (``ClientConfig.pool_size``,
+    16), so that listings and signed URLs asked beside a full fetch pool reuse a kept
+    connection too (past the pool, urllib3 opens one per request and closes it: on a long link
+    with TLS, two or three round trips before the first byte).
     """
 
     def __init__(self, cache_size: int = 256 * MiB, *, read_ahead: int = 16 * MiB,
                  interval: int | None = None, decode_workers: int = 16,
-                 fetch_workers: int = 16, tuning: ReadTuning = TUNING) -> None:
+                 fetch_workers: int = 12, tuning: ReadTuning = TUNING) -> None:
         one_malloc_arena()  # RSS near the budget (see there); before the pools start threads
         self.tuning = tuning
         block = tuning.block
@@ -44,6 +49,7 @@ class ReadContext:
         self.interval = max(block, interval // block * block)
         self.decode_pool, self.fetch_pool = _pools(decode_workers, fetch_workers)
         self._states: LRUCache[Hashable, MemberState] = LRUCache(tuning.member_states)
+        self.link = LinkMeter(self.fetch_limit)
         self.queued = 0  # decode jobs submitted and not started: running ones yield to them
         self.open_readers = 0
         self._lock = threading.Lock()
@@ -79,6 +85,13 @@ class ReadContext:
         cache = self.cache
         share = (cache.capacity - cache.reserved) // (2 * max(1, self.open_readers))
         return max(self.tuning.block, min(self.read_ahead, share))
+
+    def fetch_limit(self) -> int:
+        """Compressed bytes one sequential stream may keep in flight now: a fair share of
+        what reservations may take (three quarters of the budget, counted twice while in
+        flight: ``readahead.RangeFeed``), at most ``max_in_flight``."""
+        share = self.cache.capacity * 3 // 8 // max(1, self.open_readers)
+        return max(self.tuning.max_request, min(self.tuning.max_in_flight, share))
 
     def stats(self) -> dict:
         return self.cache.stats()

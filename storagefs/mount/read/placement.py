@@ -82,5 +82,5 @@ class StreamPlacement(BlockReaderBase):
         feed = RangeFeed(self._fetch, self._data_start + in_pos,
                          self._data_start + self._compressed_size, pool=ctx.fetch_pool,
                          budget=ctx.cache, first=tuning.first_request,
-                         maximum=tuning.max_request)
+                         maximum=tuning.max_request, link=ctx.link)
         return Stream(decoder, out_pos, in_pos, feed)

@@ -15,25 +15,39 @@ thread while FUSE hands out what is already decoded.
 ``RangeFeed`` hands a decoder the compressed bytes ``[start, end)`` of one member in order.
 Without read-ahead (``depth`` 0) each piece is fetched when asked for, sized by a hint (a
 random read knows roughly how much compressed data one interval needs) or growing from 128 KiB
-(one kernel read-ahead unit) by doubling to ``maximum``. With ``depth`` n, up to n ranges are
-in flight on the fetch pool (so on several pooled connections) while the decoder works through
-the previous one: network and CPU overlap. It never asks for a byte at or beyond ``end`` (the
-next member), and bytes already fetched are kept when the decoder skips forward. Buffers in
-flight, and the piece the decoder is working through, are counted in the mount's one memory
-budget (``BlockCache.reserve``); when the budget refuses, the feed fetches in the decoder's
-thread instead of ahead of it.
+(one kernel read-ahead unit) by doubling to ``maximum``. With ``depth`` n, at least n ranges
+are in flight on the fetch pool (so on several pooled connections) while the decoder works
+through the previous one: network and CPU overlap. On a long link two ranges cannot keep a
+decoder fed (the bandwidth-delay product: 200 MB/s over a 50 ms round trip is 10 MB in
+flight), so the feed measures the consumer's rate and a request's time and keeps their product,
+with headroom, asked for ahead (``window``); a wait for a range asked ahead widens it at
+once. Wide windows take larger ranges (fewer connections). ``LinkMeter``, one per mount, keeps
+the last window, so the next stream starts there, and says how much one stream may keep in
+flight (its share of the budget; mountpoint-s3's prefetcher grows its window the same way
+under a memory limiter, gcsfuse splits a read into parallel ranged downloads).
+
+A feed never asks for a byte at or beyond ``end`` (the next member), and bytes already
+fetched are kept when the decoder skips forward. Buffers in flight, and the piece the
+decoder is working through, are counted in the mount's one memory budget
+(``BlockCache.reserve``); when the budget refuses, the feed fetches in the decoder's thread
+instead of ahead of it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import deque
 from concurrent.futures import Executor, Future
+from typing import Callable
 
 from ...errors import TransferError
 from ...zipfmt import Fetch
 from .blockcache import BlockCache
 from .tuning import TUNING, MiB
+
+log = logging.getLogger(__name__)
 
 
 def checked_fetch(fetch: Fetch, start: int, end: int) -> bytes:
@@ -71,6 +85,22 @@ class ReadAhead:
         return self.window
 
 
+class LinkMeter:
+    """What a mount's feeds learn about the link, shared so that a new stream starts from it.
+
+    ``window``: the compressed bytes in flight that last kept a sequential decoder fed (the
+    bandwidth-delay product as measured, with headroom); ``limit()``: the most one feed may keep
+    in flight now (the context's fair share of the memory budget).
+    """
+
+    def __init__(self, limit: Callable[[], int] | None = None) -> None:
+        self.window = 0
+        self._limit = limit
+
+    def limit(self) -> int:
+        return self._limit() if self._limit is not None else TUNING.max_in_flight
+
+
 class RangeFeed:
     """Compressed bytes ``[start, end)`` in order, fetched on demand or ahead (module notes).
 
@@ -79,7 +109,7 @@ class RangeFeed:
 
     def __init__(self, fetch: Fetch, start: int, end: int, *, pool: Executor | None = None,
                  budget: BlockCache | None = None, first: int = TUNING.first_request,
-                 maximum: int = TUNING.max_request) -> None:
+                 maximum: int = TUNING.max_request, link: LinkMeter | None = None) -> None:
         self._fetch = fetch
         self.position = start  # next byte handed to the consumer
         self.end = end
@@ -96,6 +126,16 @@ class RangeFeed:
         self._held = 0  # reserved bytes of the piece the consumer has now
         self.requests = 0  # for tests: ranged fetches made
         self.fetched = 0
+        # Adapting what is in flight to the link (module notes): bytes to keep asked for
+        # beyond ``position``, the consumer's rate and a request's time, both smoothed.
+        self._link = link if link is not None else LinkMeter()
+        self.window = 0
+        self.stalls = 0  # pieces the consumer had to wait for while reading ahead
+        self.waited = 0.0  # seconds it waited for them
+        self._rate = 0.0  # bytes/s the consumer takes while it is not waiting
+        self._seconds = 0.0  # one request's time, from its start to its last byte
+        self._returned = 0.0  # when the consumer last got a piece
+        self._last = 0  # that piece's size
 
     # -- the consumer's side -----------------------------------------------------------------
 
@@ -105,16 +145,40 @@ class RangeFeed:
         self._drop_held()
         if self.position >= self.end:
             return None
+        now = time.monotonic()
+        if self._returned and self._last:
+            busy = max(now - self._returned, 1e-4)
+            self._rate = _smooth(self._rate, self._last / busy)
+        stalled = not self._ahead and self.depth > 0  # nothing was asked ahead: a wait
         if not self._ahead:
             self._ask(hint, wait=True)
         begin, stop, data, reserved = self._ahead.popleft()
         if reserved:  # counted until the consumer asks for the next piece
             self._held = stop - begin
         if isinstance(data, Future):
+            stalled = not data.done()
             data = data.result()
         self.position = stop
+        self._returned, self._last = time.monotonic(), stop - begin
+        if self.depth:
+            self._adapt(self._returned - now if stalled else 0.0)
         self._top_up()
         return data
+
+    def _adapt(self, waited: float) -> None:
+        """Keep in flight what the consumer takes during one request (rate x request time:
+        the bandwidth-delay product) with half again as headroom, plus one request. After a
+        wait of ``waited`` seconds, also what the consumer would have taken meanwhile on top
+        of what was in flight, and at least twice that (a request's time is known only once
+        one ended). Never beyond the link's limit."""
+        need = int(self._rate * self._seconds * 1.5) + self._request
+        if waited:
+            self.stalls += 1
+            self.waited += waited
+            need = max(need, 2 * self.window, self.window + int(self._rate * waited))
+        if need > self.window:
+            self.window = max(self.window, min(need, self._link.limit()))
+            self._link.window = self.window
 
     def _drop_held(self) -> None:
         if self._held:
@@ -122,8 +186,12 @@ class RangeFeed:
             self._held = 0
 
     def set_depth(self, depth: int) -> None:
-        """Ranges to keep in flight from now on (0: fetch only when asked)."""
+        """Ranges to keep in flight from now on, at least (0: fetch only when asked); with
+        any, the window grows with the link (``_adapt``), from where the mount's last
+        sequential stream left it."""
         self.depth = depth if self._pool is not None else 0
+        if self.depth and not self.window:
+            self.window = min(self._link.window, self._link.limit())
         self._top_up()
 
     def skip_to(self, position: int) -> None:
@@ -144,9 +212,14 @@ class RangeFeed:
             self._ahead.appendleft((position, stop, data[position - begin:], False))
         self.position = position
         self._next = max(self._next, position)
+        self._returned = 0.0  # the time since the last piece was not spent consuming
 
     def close(self) -> None:
         """Forget what is in flight (its budget is given back as each request ends)."""
+        if self.depth:
+            log.debug("read ahead: %d requests, window %d bytes, request %.3f s, consumer %.0f "
+                      "B/s, %d waits (%.3f s)", self.requests, self.window, self._seconds,
+                      self._rate, self.stalls, self.waited)
         self._drop_held()
         while self._ahead:
             begin, stop, data, reserved = self._ahead.popleft()
@@ -159,8 +232,20 @@ class RangeFeed:
     # -- fetching ----------------------------------------------------------------------------
 
     def _size(self, hint: int) -> int:
-        self._request = min(self._request * 2, self._maximum)
+        """The next request's size: doubling from ``first`` to ``maximum``; a wide window
+        takes larger ranges (an eighth of it, up to ``TUNING.max_far_request``), so that
+        fewer connections carry it."""
+        far = min(TUNING.max_far_request, self.window // 8)
+        self._request = min(self._request * 2, max(self._maximum, far))
         return max(self._request, min(hint, self._maximum))
+
+    def _timed(self, begin: int, end: int) -> bytes:
+        """``checked_fetch``, timing the request (in the worker: time queued for a worker is
+        not the link's)."""
+        started = time.monotonic()
+        data = checked_fetch(self._fetch, begin, end)
+        self._seconds = _smooth(self._seconds, time.monotonic() - started)
+        return data
 
     def _ask(self, hint: int, wait: bool) -> bool:
         """One more range at ``_next``: fetched now (``wait``, whatever the budget says) or on
@@ -174,7 +259,7 @@ class RangeFeed:
         if wait:
             reserved = budget is not None and budget.reserve(size)
             try:
-                data = checked_fetch(self._fetch, begin, begin + size)
+                data = self._timed(begin, begin + size)
             except BaseException:
                 if reserved:
                     self._release(size)
@@ -188,7 +273,7 @@ class RangeFeed:
                 return False  # the budget is taken: fetch when asked instead
             pool = self._pool
             assert pool is not None  # ranges go ahead of the consumer only with a pool
-            future = pool.submit(checked_fetch, self._fetch, begin, begin + size)
+            future = pool.submit(self._timed, begin, begin + size)
             if reserved:
                 future.add_done_callback(lambda _: self._release(size))
             data = future
@@ -199,7 +284,11 @@ class RangeFeed:
         return True
 
     def _top_up(self) -> None:
-        while self.depth and len(self._ahead) < self.depth and self._next < self.end:
+        """Keep ``depth`` ranges, and ``window`` bytes, asked for beyond ``position``."""
+        if not self.depth:
+            return
+        while self._next < self.end and (len(self._ahead) < self.depth or
+                                         self._next - self.position < self.window):
             if not self._ask(0, wait=False):
                 break
 
@@ -213,3 +302,8 @@ class RangeFeed:
         """Give back ``size`` reserved bytes (reserved only ever with a budget)."""
         if self._budget is not None:
             self._budget.release(size)
+
+
+def _smooth(average: float, sample: float, weight: float = 0.25) -> float:
+    """An exponentially weighted average (the first sample taken as it is)."""
+    return sample if not average else average + weight * (sample - average)

@@ -49,8 +49,17 @@ class ReadTuning:
     # eight readers at once keep their ranges in flight within the budget (2 MiB each refused
     # too often).
     max_request: int = 1 * MiB
-    # Ranged GETs in flight ahead of a sequential decoder.
+    # Ranged GETs in flight ahead of a sequential decoder, at least: on loopback or a LAN
+    # two keep the decoder fed; a longer link widens the window beyond them (``max_in_flight``).
     depth: int = 2
+    # Compressed bytes one sequential stream may keep in flight on a long link: its window grows
+    # with the consumer's rate x a request's time (the bandwidth-delay product), up to this
+    # and its share of the budget. 32 MiB fills a 50 ms round trip at 400 MB/s with headroom
+    # (a 300 MiB member fell from 195 to 70 MB/s at 50 ms with two 1 MiB ranges in flight).
+    max_in_flight: int = 32 * MiB
+    # Ranges of a wide window grow to this, so that a few connections carry it (a range on a
+    # fresh or idle connection starts in TCP slow start: more of them, smaller, fill sooner).
+    max_far_request: int = 4 * MiB
 
     # -- what a context remembers --------------------------------------------------------------
     # Members whose state (snapshots, CRC progress, verdict) is kept, least recently used out.
