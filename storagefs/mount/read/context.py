@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Hashable
+from typing import TYPE_CHECKING, Callable, Hashable
 
 from cachetools import LRUCache
 
 from .blockcache import BlockCache, one_malloc_arena
 from .member import MemberState
 from .tuning import TUNING, MiB, ReadTuning
+
+if TYPE_CHECKING:
+    from .checkpoints import CheckpointIndex
 
 
 class ReadContext:
@@ -27,14 +30,17 @@ class ReadContext:
     blocks a FUSE thread still holds after their eviction, and the allocator's free lists.
     Measured: a 256 MiB cache and ``cat`` of a 512 MiB member held 67 MiB more than the
     cache counted before this margin. ``interval``: deflate output between two snapshots
-    (``tuning.interval`` by default).
+    (``tuning.interval`` by default). ``checkpoints``: deflate checkpoints on disk
+    (``--cache-dir``).
     """
 
     def __init__(self, cache_size: int = 256 * MiB, *, read_ahead: int = 16 * MiB,
                  interval: int | None = None, decode_workers: int = 16,
-                 fetch_workers: int = 16, tuning: ReadTuning = TUNING) -> None:
+                 fetch_workers: int = 16, tuning: ReadTuning = TUNING,
+                 checkpoints: CheckpointIndex | None = None) -> None:
         one_malloc_arena()  # RSS near the budget (see there); before the pools start threads
         self.tuning = tuning
+        self.checkpoints = checkpoints
         block = tuning.block
         self.cache = BlockCache(cache_size - min(cache_size // 8, 32 * MiB))
         # A sequential reader keeps at most this much decoded ahead of it; with many readers
