@@ -270,6 +270,18 @@ def test_a_damaged_index_never_yields_wrong_bytes(archive, tmp_path, caplog, dam
     assert read_through(reader, len(MEMBER)) == MEMBER and reader._state.verified
 
 
+def test_index_files_beyond_their_limit_go_least_recently_used_first(archive, tmp_path):
+    for version in range(3):
+        first_mount(archive, tmp_path, ("runs/a.zip", version))
+        os.utime(index_file(tmp_path, archive, ("runs/a.zip", version)), (1000 + version,) * 2)
+    sizes = [index_file(tmp_path, archive, ("runs/a.zip", v)).stat().st_size for v in range(3)]
+    (tmp_path / ".tmp-1-crashed").write_bytes(b"x")
+    CheckpointIndex(tmp_path, limit=sizes[1] + sizes[2])
+    assert [index_file(tmp_path, archive, ("runs/a.zip", v)).exists() for v in range(3)] == \
+        [False, True, True]
+    assert not (tmp_path / ".tmp-1-crashed").exists()
+
+
 # -- through the mount --------------------------------------------------------------------------
 
 ROOT = "mnt-checkpoint-tests"

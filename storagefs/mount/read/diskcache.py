@@ -22,7 +22,8 @@ part's bounds and its CRC-32::
   a minute per file).
 - Several mounts may share a folder: files appear and vanish atomically; each process counts
   only what it saw, so the limit holds per process.
-- Deflate checkpoints (``checkpoints.CheckpointIndex``) live in its ``checkpoints`` folder.
+- Deflate checkpoints (``checkpoints.CheckpointIndex``) live in its ``checkpoints`` folder,
+  within a sixteenth of ``limit`` of their own.
 - Private: the folder must belong to the mount's user and is made 0700, so other users can
   neither read what was fetched nor plant data in it.
 """
@@ -112,7 +113,7 @@ class DiskCache:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         _make_private(self.root)
         self._scan()
-        self.checkpoints = CheckpointIndex(self.root / CHECKPOINTS)
+        self.checkpoints = CheckpointIndex(self.root / CHECKPOINTS, self.limit // 16)
 
     # -- the decorator --------------------------------------------------------------------
 
