@@ -21,6 +21,7 @@ from storagefs.errors import CorruptArchive
 from storagefs.mount.read import MemberReader, ReadContext
 from storagefs.mount.read.checkpoints import CheckpointIndex, spacing
 from storagefs.mount.read.diskcache import CHECKPOINTS
+from storagefs.zipfmt import inflate
 from storagefs.zipfmt.inflate import Checkpoint, IndexedInflater
 
 from archives import mixed_bytes, read_local_data_offset
@@ -72,8 +73,19 @@ def inflate_with_marks(stream: bytes, every: int, piece: int = 64 * KiB):
 DATA = csv_bytes(1, 3 * MiB) + mixed_bytes(2, 2 * MiB)
 
 
+@pytest.fixture(params=["default", "system zlib"])
+def library(request, monkeypatch):
+    """Each test with the library found first, and with the system's libz (no zlib-ng)."""
+    if request.param == "system zlib":
+        system = inflate._system_zlib()
+        if system is None:
+            pytest.skip("no system libz")
+        monkeypatch.setattr(inflate, "_binding", system)
+    return request.param
+
+
 @pytest.mark.parametrize("level", [0, 1, 6, 9])
-def test_checkpoints_resume_bit_exactly(level):
+def test_checkpoints_resume_bit_exactly(level, library):
     stream = raw_deflate(DATA, level)
     out, points = inflate_with_marks(stream, 512 * KiB)
     assert out == DATA
@@ -89,7 +101,7 @@ def test_checkpoints_resume_bit_exactly(level):
         assert any(p.bits for p in points)
 
 
-def test_inflater_refuses_bad_data_and_ignores_what_follows_the_end():
+def test_inflater_refuses_bad_data_and_ignores_what_follows_the_end(library):
     stream = raw_deflate(DATA, 6)
     d = IndexedInflater()
     assert d.decompress(stream + b"trailing junk", -1) == DATA and d.eof
@@ -185,6 +197,18 @@ def test_a_seek_after_a_pass_inflates_one_spacing(archive):
     assert reader.read(offset, 4096) == MEMBER[offset:offset + 4096]
     assert reader.decoded - before <= 4 * MiB + IndexedInflater.margin
     assert source.fetched - fetched < 0.7 * (4 * MiB + IndexedInflater.margin)
+
+
+def test_without_a_zlib_library_deflate_reads_from_copies(archive, monkeypatch, tmp_path):
+    monkeypatch.setattr(IndexedInflater, "available", False)
+    context = ReadContext(64 * MiB, interval=MiB, checkpoints=CheckpointIndex(tmp_path))
+    reader, _ = open_member(archive, context, key="a")
+    rng = random.Random(3)
+    for _ in range(20):
+        offset = rng.randrange(len(MEMBER))
+        assert reader.read(offset, 5000) == MEMBER[offset:offset + 5000]
+    assert read_through(reader, len(MEMBER)) == MEMBER and reader._state.verified
+    assert context.cache.stats()["kept"] > 0 and not list(tmp_path.iterdir())
 
 
 def first_mount(archive: bytes, root, key) -> CheckpointIndex:

@@ -138,17 +138,22 @@ class _Binding:
     inflateGetDictionary: Any
 
 
-def _load() -> _Binding | None:
-    """zlib-ng's C API from python-zlib-ng's extension, else the system's libz, else None."""
-    if codecs.fast_zlib is not zlib:
-        try:
-            lib = ctypes.CDLL(codecs.fast_zlib.__file__)
-            init = lib.zng_inflateInit2
-            init.argtypes, init.restype = [ctypes.c_void_p, ctypes.c_int], ctypes.c_int
-            return _Binding("zlib-ng", lib, "zng_", _ZngStream,
-                            lambda s: init(ctypes.byref(s), -15))
-        except (OSError, AttributeError, TypeError):
-            pass
+def _zlib_ng() -> _Binding | None:
+    """zlib-ng's C API, exported by python-zlib-ng's extension module."""
+    if codecs.fast_zlib is zlib:
+        return None
+    try:
+        lib = ctypes.CDLL(codecs.fast_zlib.__file__)
+        init = lib.zng_inflateInit2
+        init.argtypes, init.restype = [ctypes.c_void_p, ctypes.c_int], ctypes.c_int
+        return _Binding("zlib-ng", lib, "zng_", _ZngStream,
+                        lambda s: init(ctypes.byref(s), -15))
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def _system_zlib() -> _Binding | None:
+    """The system's libz (the one CPython's own ``zlib`` module is linked with)."""
     try:
         lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
         lib.zlibVersion.restype = ctypes.c_char_p
@@ -162,7 +167,7 @@ def _load() -> _Binding | None:
         return None
 
 
-_binding = _load()
+_binding = _zlib_ng() or _system_zlib()
 
 
 class IndexedInflater(codecs.Decoder):
@@ -183,13 +188,14 @@ class IndexedInflater(codecs.Decoder):
 
     def __init__(self, start: Checkpoint | None = None) -> None:
         super().__init__()
-        if _binding is None:
+        binding = _binding
+        if binding is None:
             raise RuntimeError("no zlib library could be loaded for IndexedInflater")
-        self._z = _binding
-        self._s = _binding.stream()
+        self._z = binding
+        self._s = binding.stream()
         self._sref = ctypes.byref(self._s)
         self._open = False
-        if _binding.init(self._s) != _Z_OK:
+        if binding.init(self._s) != _Z_OK:
             raise MemoryError("inflateInit2 failed")
         self._open = True
         self._view = _PyBuffer()
