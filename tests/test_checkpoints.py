@@ -259,16 +259,19 @@ def test_an_index_of_another_version_is_never_used(archive, tmp_path, caplog):
     assert "not the checkpoint index of this member" in caplog.text
 
 
-def shift_every_record(raw: bytearray) -> None:
-    """Move each record's compressed offset one byte on, as a bug or a bad disk could."""
+def shift_every_record(raw: bytearray, forge: bool = False) -> None:
+    """Move each record's compressed offset one byte on, as a bug or a bad disk could
+    (``forge``: with its CRC-32 made right again)."""
     at = 40  # the header
     while at + 34 <= len(raw):
         length = int.from_bytes(raw[at + 30:at + 34], "little")
         raw[at + 20] ^= 1
+        if forge:
+            raw[at:at + 4] = zlib.crc32(raw[at + 4:at + 34 + length]).to_bytes(4, "little")
         at += 34 + length
 
 
-@pytest.mark.parametrize("damage", ["flip", "fields", "truncate", "garbage"])
+@pytest.mark.parametrize("damage", ["flip", "fields", "forged", "truncate", "garbage"])
 def test_a_damaged_index_never_yields_wrong_bytes(archive, tmp_path, caplog, damage):
     first_mount(archive, tmp_path, KEY)
     path = index_file(tmp_path, archive, KEY)
@@ -276,8 +279,8 @@ def test_a_damaged_index_never_yields_wrong_bytes(archive, tmp_path, caplog, dam
     if damage == "flip":  # a bit flipped in every record past the first
         for at in range(len(raw) // 3, len(raw), 997):
             raw[at] ^= 0x10
-    elif damage == "fields":
-        shift_every_record(raw)
+    elif damage in ("fields", "forged"):
+        shift_every_record(raw, forge=damage == "forged")
     elif damage == "truncate":  # a torn last record
         raw = raw[:len(raw) - 100]
     else:
@@ -291,6 +294,8 @@ def test_a_damaged_index_never_yields_wrong_bytes(archive, tmp_path, caplog, dam
             assert reader.read(offset, 4096) == MEMBER[offset:offset + 4096]
     if damage in ("flip", "fields"):
         assert "is damaged" in caplog.text
+    if damage == "forged":  # passes the checks, fails to decode: the whole file goes
+        assert caplog.text.count("does not decode") == 1
     assert read_through(reader, len(MEMBER)) == MEMBER and reader._state.verified
 
 

@@ -131,6 +131,16 @@ class MemberIndex:
                 return
             self._where[offset] = (position, len(record))
 
+    def discard(self) -> None:
+        """Forget every checkpoint and delete the file (one of them proved wrong)."""
+        with self._lock:
+            self._where.clear()
+            self.rejected += 1
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+
     # -- the file ------------------------------------------------------------------------------
 
     def _open_for_append(self) -> int:

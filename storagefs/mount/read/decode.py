@@ -14,10 +14,14 @@ of the recorded size, a decoder that stops producing, and output beyond it are
 
 from __future__ import annotations
 
+import logging
+
 from ...errors import CorruptArchive
 from ...zipfmt.inflate import IndexedInflater
 from .placement import StreamPlacement
 from .stream import Stream
+
+log = logging.getLogger(__name__)
 
 
 class BlockDecoding(StreamPlacement):
@@ -28,22 +32,23 @@ class BlockDecoding(StreamPlacement):
         stop = min(self.size, (s.out_pos // self._block + 1) * self._block)
         if self._stored:
             block = self._copy_block(s, stop)
-        else:
-            if s.behind:
-                self._drop_behind(s)
-            indexed = s.decoder if isinstance(s.decoder, IndexedInflater) else None
-            if indexed is not None and stop < self.size and stop % self._spacing() == 0 and \
-                    not self._has_snapshot(stop):
-                indexed.mark(stop)
-            block = self._inflate_block(s, stop)
-            if indexed is not None:
-                point = indexed.take_checkpoint()
-                if point is not None:
-                    self._keep_checkpoint(point)
+            if stop == self.size:
+                self._check_end(s)
+        elif s.resumed is None:
+            block = self._inflate_next(s, stop)
+        else:  # the first block from a checkpoint read from disk: it may not decode
+            start = s.out_pos
+            try:
+                block = self._inflate_next(s, stop)
+            except CorruptArchive as exc:
+                log.warning("%s: the checkpoint at %d does not decode (%s); decoding from "
+                            "the start instead", self.name, s.resumed, exc)
+                self._distrust_index(s.resumed)
+                s.restart(IndexedInflater(), start, 0, self._new_feed(0))
+                block = self._inflate_next(s, stop)
+            s.resumed = None
         self.decoded += len(block)
-        if stop == self.size:
-            self._check_end(s)
-        elif s.decoder is not None and s.decoder.can_copy and \
+        if stop < self.size and s.decoder is not None and s.decoder.can_copy and \
                 s.out_pos % self._spacing() == 0:
             key = (self._token, "snap", s.out_pos)
             if key not in self._ctx.cache:
@@ -51,6 +56,24 @@ class BlockDecoding(StreamPlacement):
                 if self._ctx.cache.put(key, (decoder, s.in_given - held),
                                        self._tuning.snapshot_cost, keep=True):
                     self._state.add_snapshot(s.out_pos)
+        return block
+
+    def _inflate_next(self, s: Stream, stop: int) -> bytes:
+        """Inflate the block ending at ``stop`` (checking the end there), leaving a checkpoint
+        if one is due."""
+        if s.behind:
+            self._drop_behind(s)
+        indexed = s.decoder if isinstance(s.decoder, IndexedInflater) else None
+        if indexed is not None and stop < self.size and stop % self._spacing() == 0 and \
+                not self._has_snapshot(stop):
+            indexed.mark(stop)
+        block = self._inflate_block(s, stop)
+        if indexed is not None:
+            point = indexed.take_checkpoint()
+            if point is not None:
+                self._keep_checkpoint(point)
+        if stop == self.size:
+            self._check_end(s)
         return block
 
     def _drop_behind(self, s: Stream) -> None:

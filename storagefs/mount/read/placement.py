@@ -75,19 +75,33 @@ class StreamPlacement(BlockReaderBase):
         index = self._disk_index()
         return index is not None and offset in index
 
-    def _snapshot_at(self, offset: int) -> Any:
-        """The snapshot serving block ``offset``, from memory or disk; None if gone."""
+    def _snapshot_at(self, offset: int) -> tuple[Any, bool]:
+        """The snapshot serving block ``offset`` (None if gone), and whether it was read from
+        disk just now."""
         key = (self._token, "snap", offset)
         snap = self._ctx.cache.get(key)
-        if snap is None:
-            index = self._disk_index()
-            if index is not None:
-                snap = index.get(offset)
-                if snap is not None and not 0 <= offset - snap.out <= 2 * self._block:
-                    snap = None  # not the checkpoint of this block: never resumed from
-                if snap is not None:
-                    self._ctx.cache.put(key, snap, self._tuning.snapshot_cost, keep=True)
-        return snap
+        if snap is not None:
+            return snap, False
+        index = self._disk_index()
+        if index is None:
+            return None, False
+        snap = index.get(offset)
+        if snap is not None and not 0 <= offset - snap.out <= 2 * self._block:
+            snap = None  # not the checkpoint of this block: never resumed from
+        if snap is not None:
+            self._ctx.cache.put(key, snap, self._tuning.snapshot_cost, keep=True)
+        return snap, True
+
+    def _distrust_index(self, offset: int) -> None:
+        """A checkpoint from disk passed its checks yet does not decode: the whole file goes
+        (and the checkpoints memory took from it)."""
+        index = self._disk_index()
+        offsets = index.offsets() if index is not None else [offset]
+        for known in offsets + [offset]:
+            self._ctx.cache.discard((self._token, "snap", known))
+            self._state.forget_snapshot(known)
+        if index is not None:
+            index.discard()
 
     def _keep_checkpoint(self, point: Checkpoint) -> None:
         """Keep a checkpoint an indexed stream left, for the block at or just after it."""
@@ -136,15 +150,17 @@ class StreamPlacement(BlockReaderBase):
         if self._can_snapshot:
             self._disk_index()
             for offset in self._state.snapshots_before(start):
-                snap = self._snapshot_at(offset)
+                snap, from_disk = self._snapshot_at(offset)
                 if isinstance(snap, Checkpoint):
                     try:
                         decoder = IndexedInflater(snap)
                     except CorruptArchive:
                         snap = None
                     else:
-                        return self._new_stream(decoder, offset, snap.in_pos,
-                                                behind=offset - snap.out)
+                        s = self._new_stream(decoder, offset, snap.in_pos,
+                                             behind=offset - snap.out)
+                        s.resumed = offset if from_disk else None
+                        return s
                 if snap is None:
                     self._state.forget_snapshot(offset)
                     continue
@@ -164,8 +180,12 @@ class StreamPlacement(BlockReaderBase):
         if not self._holding:  # the blocks this reader keeps out of the cache (_recent, _cur)
             held = (tuning.recent + 1) * self._block
             self._holding = held if ctx.cache.reserve(held) else -1
-        feed = RangeFeed(self._fetch, self._data_start + in_pos,
+        return Stream(decoder, out_pos, in_pos, self._new_feed(in_pos), behind)
+
+    def _new_feed(self, in_pos: int) -> RangeFeed:
+        """Compressed bytes from member offset ``in_pos`` on, fetched ahead."""
+        ctx, tuning = self._ctx, self._tuning
+        return RangeFeed(self._fetch, self._data_start + in_pos,
                          self._data_start + self._compressed_size, pool=ctx.fetch_pool,
                          budget=ctx.cache, first=tuning.first_request,
                          maximum=tuning.max_request)
-        return Stream(decoder, out_pos, in_pos, feed, behind)

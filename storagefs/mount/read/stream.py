@@ -19,6 +19,7 @@ class Stream:
         self.decoder = decoder  # None for stored data
         self.out_pos = out_pos
         self.behind = behind  # output to drop before out_pos (resumed from a checkpoint)
+        self.resumed: int | None = None  # the disk checkpoint it started from, until it decodes
         self.in_given = in_pos  # compressed bytes given to the decoder (member offsets)
         self.feed = feed
         self.depth = 0  # read-ahead depth the reader wants; the job applies it
@@ -51,6 +52,15 @@ class Stream:
         if count > held:
             self.feed.skip_to(self.feed.position + count - held)
             self.in_given += count - held
+
+    def restart(self, decoder: codecs.Decoder, out_pos: int, in_pos: int,
+                feed: RangeFeed) -> None:
+        """Start again from ``in_pos`` (output 0) and drop what comes before ``out_pos``."""
+        self.close()
+        self.decoder = decoder
+        self.indexed = isinstance(decoder, IndexedInflater)
+        self.out_pos, self.behind, self.in_given = out_pos, out_pos, in_pos
+        self.feed, self.resumed = feed, None
 
     def close(self) -> None:
         self.feed.close()
