@@ -253,6 +253,14 @@ class IndexedInflater(codecs.Decoder):
             raise CorruptArchive("deflate data is truncated (no end of stream)")
         return b""
 
+    def fill(self, length: int, more: Callable[[], codecs.BytesLike | None]) -> bytes:
+        """``length`` bytes of output, pulling input from ``more`` (None: no more) whenever
+        the input runs out: one ``bytes`` written in place, never joined from pieces. Fewer
+        only where the stream or the input ends."""
+        if self._eof or length <= 0:
+            return b""
+        return self._produce(length, more)
+
     # -- checkpoints ----------------------------------------------------------------------------
 
     def mark(self, at: int) -> None:
@@ -266,7 +274,8 @@ class IndexedInflater(codecs.Decoder):
 
     # -- the engine ---------------------------------------------------------------------------
 
-    def _produce(self, length: int) -> bytes:
+    def _produce(self, length: int,
+                 more: Callable[[], codecs.BytesLike | None] | None = None) -> bytes:
         out = _new_bytes(None, length)
         address = _bytes_address(out)
         s, sref, inflate = self._s, self._sref, self._z.inflate
@@ -302,7 +311,10 @@ class IndexedInflater(codecs.Decoder):
             if s.avail_in == 0:
                 self._unpin()
                 if made < limit:
-                    break  # more input needed
+                    piece = more() if more is not None else None
+                    if not piece:
+                        break  # more input needed
+                    self._pin(piece)
             elif not made and before_in == s.avail_in and mode != _Z_BLOCK:
                 raise CorruptArchive("deflate decoder stopped making progress")
         self._full = filled == length and not self._eof

@@ -98,6 +98,14 @@ class BlockDecoding(StreamPlacement):
         decoder = s.decoder
         assert decoder is not None  # compressed data: every stream has a decoder
         input_piece, max_idle = self._tuning.input_piece, self._tuning.max_idle_steps
+        if isinstance(decoder, IndexedInflater):  # fills the block itself: no pieces to join
+            block = decoder.fill(stop - s.out_pos, lambda: s.take(input_piece))
+            s.out_pos += len(block)
+            if s.out_pos < stop:
+                decoder.flush()  # CorruptArchive when the stream is cut short
+                raise CorruptArchive(f"{self.name}: member has {s.out_pos} bytes, "
+                                     f"expected {self.size}")
+            return block
         parts = []
         idle = 0
         while s.out_pos < stop:
