@@ -49,7 +49,7 @@ class StreamPlacement(BlockReaderBase):
         """The member's checkpoint file (``--cache-dir``), looked up once per member."""
         state = self._state
         if not state.index_known:
-            store = getattr(self._ctx, "checkpoints", None)
+            store = self._ctx.checkpoints
             index = None
             if store is not None and self._key is not None and self._indexed():
                 index = store.member(self._key, self.size, self._compressed_size,
