@@ -14,10 +14,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from ...errors import CorruptArchive
 from ...zipfmt import codecs
+
+if TYPE_CHECKING:
+    from .checkpoints import MemberIndex
 
 _tokens = itertools.count(1)
 
@@ -39,7 +42,7 @@ class MemberState:
         self.crc = 0
         self.verified = False  # CRC-32 (or size, when no CRC is known) checked at the end
         self.no_fast = False  # a block was needed again after a pass without snapshots
-        self.index: Any = None  # checkpoints.MemberIndex, when checkpoints are kept on disk
+        self.index: MemberIndex | None = None  # the member's checkpoints on disk, if kept
         self.index_known = False  # whether ``index`` was looked up
         self.spacing = 0  # output between checkpoints (set by the first reader)
         self.error: CorruptArchive | None = None
