@@ -83,6 +83,8 @@ def free_port() -> int:
 
 
 def env_for(tree: Path) -> dict:
+    """``python -m storagefs`` from ``tree`` (run with ``cwd=tree`` too: ``-m`` puts the
+    working folder first on the path, before PYTHONPATH)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(tree)
     return env
@@ -94,7 +96,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "storagefs", "serve", str(root), "--port", str(self.port),
-             "--api-key", API_KEY], env=env_for(tree), stdout=subprocess.DEVNULL,
+             "--api-key", API_KEY], env=env_for(tree), cwd=tree, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -123,7 +125,8 @@ class Mount:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "storagefs", "mount", str(self.point), "--api-url",
              server.url, "--api-key", API_KEY, "--foreground", *extra],
-            env=env_for(tree), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            env=env_for(tree), cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.point):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -246,12 +249,13 @@ def run(work: Path = Path(tempfile.gettempdir()) / "storagefs-bench-seek", size_
         baseline: Path | None = None, seeks: int = 10, reads: int = 200,
         rounds: int = 1) -> list[dict]:
     """The rows of this tree (and of ``baseline``), measured in turns, ``rounds`` times."""
+    work = work.resolve()  # the processes run from the trees' folders
     work.mkdir(parents=True, exist_ok=True)
     archive = make_archive(work, size_mib)
     with zipfile.ZipFile(archive) as zf:
         size = zf.getinfo("floats.csv").file_size
     member = f"bench/{archive.name}/floats.csv"
-    trees = [("this tree", ROOT)] + ([("baseline", baseline)] if baseline else [])
+    trees = [("this tree", ROOT)] + ([("baseline", baseline.resolve())] if baseline else [])
     server = Server(work / "serve", ROOT)
     rows: list[dict] = []
     try:
