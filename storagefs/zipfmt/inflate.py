@@ -14,16 +14,18 @@ Options weighed, measured on a 300 MiB member of CSV floats zipped by ``7zz -tzi
 - zlib-ng ``_ZlibDecompressor`` (the previous sequential inflater): 0.87-0.90 s, no copy.
 - zlib-ng ``decompressobj`` (copyable: in-memory snapshots only): 1.13-1.14 s, +30%.
 - zlib-ng's ``zng_inflate`` through ctypes into the output ``bytes`` itself, ``Z_NO_FLUSH``:
-  0.87-0.93 s: as fast (the call releases the GIL too); ``Z_BLOCK`` on every call: 1.07-1.10 s
-  (each return costs ~30 us; 6,309 blocks). So this inflater runs with ``Z_NO_FLUSH`` and
-  switches to ``Z_BLOCK`` only in the ``margin`` before a checkpoint is due: a few returns per
-  checkpoint, <1% of the pass.
+  0.87-0.93 s: as fast (the call releases the GIL too); filling each 1 MiB block whole from
+  the input (``fill``: nothing to join) 0.85 s. ``Z_BLOCK`` on every call: 1.07-1.10 s (each
+  return costs ~30 us; 6,309 blocks). So this inflater runs with ``Z_NO_FLUSH`` and switches
+  to ``Z_BLOCK`` only in the ``margin`` before a checkpoint is due: with ``fill``, a
+  checkpoint every 4 MiB costs +3% of the inflate alone (0.93 s), every MiB +12%; through
+  the mount, ``cat`` of the member took the daemon the same CPU time as before (1.8 s).
 - Finding boundaries by hand and resuming with a crafted byte-aligned prefix fed to a
   ``decompressobj(zdict=window)`` (empty fixed/dynamic blocks whose bit lengths line the real
   bits up) works without ctypes, but finding a boundary needs Huffman decoding in Python.
-- indexed_gzip (gzip files, not raw members), rapidgzip (a large C++ wheel, raw deflate via
-  its own decoder), python-isal (``igzip`` state is not copyable either): each would be a new
-  dependency for what zlib's own four entry points do.
+- indexed_gzip (made for gzip files, not members inside a ZIP), rapidgzip (a large C++ wheel
+  with its own parallel decoder and index format) and python-isal: not measured here; each
+  would be a new dependency for what four entry points of zlib itself do.
 
 The default keeps working without any of it: when neither library can be loaded,
 ``available`` is False and the reader decodes deflate with ``codecs.DeflateDecoder`` and its
