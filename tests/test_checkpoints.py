@@ -117,6 +117,10 @@ def test_inflater_refuses_bad_data_and_ignores_what_follows_the_end(library):
         IndexedInflater().decompress(bytes(bad), -1)
     with pytest.raises(ValueError):
         Checkpoint(1, 0, 3, 1, b"")  # bits of a byte before the first one
+    closed = IndexedInflater()
+    closed.close()
+    with pytest.raises(ValueError):
+        closed.decompress(stream, 100)  # an error, not a crash
 
 
 def test_spacing_keeps_any_member_within_the_budget():

@@ -278,6 +278,8 @@ class IndexedInflater(codecs.Decoder):
 
     def _produce(self, length: int,
                  more: Callable[[], codecs.BytesLike | None] | None = None) -> bytes:
+        if not self._open:  # zlib's state is freed: calling into it would crash the process
+            raise ValueError("inflater used after close()")
         out = _new_bytes(None, length)
         address = _bytes_address(out)
         s, sref, inflate = self._s, self._sref, self._z.inflate
