@@ -65,7 +65,8 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-size", type=_size, default=MountConfig.cache_size, metavar="SIZE",
                    help="memory for decoded data, 16M up to the machine's memory (default: 256M)")
     p.add_argument("--cache-dir", type=Path,
-                   help="keep fetched ranges in this folder, for this and later mounts")
+                   help="keep fetched ranges and deflate checkpoints in this folder, for this "
+                   "and later mounts")
     p.add_argument("--cache-dir-size", type=_size, default=MountConfig.cache_dir_size,
                    metavar="SIZE",
                    help="at most this much in --cache-dir, 16M or more (default: 4G)")

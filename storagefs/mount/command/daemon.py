@@ -84,7 +84,8 @@ def _serve(mount: MountConfig, client: StorageClient,
     disk = DiskCache(mount.cache_dir, mount.cache_dir_size) if mount.cache_dir else None
     vfs = VFS(backend, zip_as_dir=mount.zip_as == "dir", window=mount.window_bytes,
               max_archives=mount.max_archives, negative_ttl=mount.negative_ttl,
-              context=ReadContext(mount.cache_size), disk=disk)
+              context=ReadContext(mount.cache_size,
+                                  checkpoints=disk.checkpoints if disk else None), disk=disk)
 
     def ready() -> None:
         log.info("mounted %s at %s", client.config.api_url, mount.mountpoint)

@@ -36,6 +36,7 @@ class BlockReaderBase:
         self._fetch = fetch
         self._data_start = data_start
         self._compressed_size = compressed_size
+        self._key = key  # names the member version (its checkpoints on disk)
         self._ctx = ctx = context or default_context()
         self._tuning = tuning = ctx.tuning
         self._stored = method == protocol.STORED

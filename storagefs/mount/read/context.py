@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Hashable
+from typing import TYPE_CHECKING, Callable, Hashable
 
 from cachetools import LRUCache
 
@@ -17,6 +17,9 @@ from .blockcache import BlockCache, one_malloc_arena
 from .member import MemberState
 from .readahead import LinkMeter
 from .tuning import TUNING, MiB, ReadTuning
+
+if TYPE_CHECKING:
+    from .checkpoints import CheckpointIndex
 
 
 class ReadContext:
@@ -32,14 +35,17 @@ class ReadContext:
     the whole mount; fewer than the HTTP client keeps connections (``ClientConfig.pool_size``,
     16), so that listings and signed URLs asked beside a full fetch pool reuse a kept
     connection too (past the pool, urllib3 opens one per request and closes it: on a long link
-    with TLS, two or three round trips before the first byte).
+    with TLS, two or three round trips before the first byte). ``checkpoints``: deflate
+    checkpoints on disk (``--cache-dir``).
     """
 
     def __init__(self, cache_size: int = 256 * MiB, *, read_ahead: int = 16 * MiB,
                  interval: int | None = None, decode_workers: int = 16,
-                 fetch_workers: int = 12, tuning: ReadTuning = TUNING) -> None:
+                 fetch_workers: int = 12, tuning: ReadTuning = TUNING,
+                 checkpoints: CheckpointIndex | None = None) -> None:
         one_malloc_arena()  # RSS near the budget (see there); before the pools start threads
         self.tuning = tuning
+        self.checkpoints = checkpoints
         block = tuning.block
         self.cache = BlockCache(cache_size - min(cache_size // 8, 32 * MiB))
         # A sequential reader keeps at most this much decoded ahead of it; with many readers

@@ -1,5 +1,10 @@
 """Decoding one block from a stream: inflate or copy it, lay a snapshot, check the member's end.
 
+Snapshots: a stream inflating with ``IndexedInflater`` is asked, before a block that ends on
+a multiple of the member's spacing, for a checkpoint near that end, and hands over what it
+has after each block (``placement._keep_checkpoint``); other copyable decoders are copied at
+those offsets. A stream resumed from a checkpoint first drops the output before its block.
+
 Structure is checked where the data ends: any stream that reaches the member's end checks
 that the data ends there (no output beyond the recorded size, the compressed stream complete).
 The block holding the end is cached and returned only after that check. Data that stops short
@@ -9,12 +14,17 @@ of the recorded size, a decoder that stops producing, and output beyond it are
 
 from __future__ import annotations
 
+import logging
+
 from ...errors import CorruptArchive
-from .base import BlockReaderBase
+from ...zipfmt.inflate import IndexedInflater
+from .placement import StreamPlacement
 from .stream import Stream
 
+log = logging.getLogger(__name__)
 
-class BlockDecoding(BlockReaderBase):
+
+class BlockDecoding(StreamPlacement):
     """The part of a block reader that turns a stream's input into its next block."""
 
     def _decode_block(self, s: Stream) -> bytes:
@@ -22,13 +32,24 @@ class BlockDecoding(BlockReaderBase):
         stop = min(self.size, (s.out_pos // self._block + 1) * self._block)
         if self._stored:
             block = self._copy_block(s, stop)
-        else:
-            block = self._inflate_block(s, stop)
+            if stop == self.size:
+                self._check_end(s)
+        elif s.resumed is None:
+            block = self._inflate_next(s, stop)
+        else:  # the first block from a checkpoint read from disk: it may not decode
+            start = s.out_pos
+            try:
+                block = self._inflate_next(s, stop)
+            except CorruptArchive as exc:
+                log.warning("%s: the checkpoint at %d does not decode (%s); decoding from "
+                            "the start instead", self.name, s.resumed, exc)
+                self._distrust_index(s.resumed)
+                s.restart(IndexedInflater(), start, 0, self._new_feed(0))
+                block = self._inflate_next(s, stop)
+            s.resumed = None
         self.decoded += len(block)
-        if stop == self.size:
-            self._check_end(s)
-        elif s.decoder is not None and s.decoder.can_copy and \
-                s.out_pos % self._ctx.interval == 0:
+        if stop < self.size and s.decoder is not None and s.decoder.can_copy and \
+                s.out_pos % self._spacing() == 0:
             key = (self._token, "snap", s.out_pos)
             if key not in self._ctx.cache:
                 decoder, held = s.decoder.checkpoint()
@@ -36,6 +57,31 @@ class BlockDecoding(BlockReaderBase):
                                        self._tuning.snapshot_cost, keep=True):
                     self._state.add_snapshot(s.out_pos)
         return block
+
+    def _inflate_next(self, s: Stream, stop: int) -> bytes:
+        """Inflate the block ending at ``stop`` (checking the end there), leaving a checkpoint
+        if one is due."""
+        if s.behind:
+            self._drop_behind(s)
+        indexed = s.decoder if isinstance(s.decoder, IndexedInflater) else None
+        if indexed is not None and stop < self.size and stop % self._spacing() == 0 and \
+                not self._has_snapshot(stop):
+            indexed.mark(stop)
+        block = self._inflate_block(s, stop)
+        if indexed is not None:
+            point = indexed.take_checkpoint()
+            if point is not None:
+                self._keep_checkpoint(point)
+        if stop == self.size:
+            self._check_end(s)
+        return block
+
+    def _drop_behind(self, s: Stream) -> None:
+        """A stream resumed from a checkpoint: decode and drop the output before its block."""
+        start, s.out_pos = s.out_pos, s.out_pos - s.behind
+        self.decoded += s.behind
+        s.behind = 0
+        self._inflate_block(s, start)
 
     def _copy_block(self, s: Stream, stop: int) -> bytes:
         parts = []
@@ -52,6 +98,14 @@ class BlockDecoding(BlockReaderBase):
         decoder = s.decoder
         assert decoder is not None  # compressed data: every stream has a decoder
         input_piece, max_idle = self._tuning.input_piece, self._tuning.max_idle_steps
+        if isinstance(decoder, IndexedInflater):  # fills the block itself: no pieces to join
+            block = decoder.fill(stop - s.out_pos, lambda: s.take(input_piece))
+            s.out_pos += len(block)
+            if s.out_pos < stop:
+                decoder.flush()  # CorruptArchive when the stream is cut short
+                raise CorruptArchive(f"{self.name}: member has {s.out_pos} bytes, "
+                                     f"expected {self.size}")
+            return block
         parts = []
         idle = 0
         while s.out_pos < stop:

@@ -22,6 +22,8 @@ part's bounds and its CRC-32::
   a minute per file).
 - Several mounts may share a folder: files appear and vanish atomically; each process counts
   only what it saw, so the limit holds per process.
+- Deflate checkpoints (``checkpoints.CheckpointIndex``) live in its ``checkpoints`` folder,
+  within a sixteenth of ``limit`` of their own.
 - Private: the folder must belong to the mount's user and is made 0700, so other users can
   neither read what was fetched nor plant data in it.
 """
@@ -44,6 +46,7 @@ from typing import Callable, Hashable
 from cachetools import LRUCache
 
 from ...zipfmt import Fetch
+from .checkpoints import CheckpointIndex
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ _HEADER = struct.Struct("<4sB3xIII")
 _MAGIC = b"SFDC"
 _VERSION = 1
 _TOUCH_EVERY = 60.0
+CHECKPOINTS = "checkpoints"  # the folder of deflate checkpoint files
 
 
 def _make_private(root: Path) -> None:
@@ -109,6 +113,7 @@ class DiskCache:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         _make_private(self.root)
         self._scan()
+        self.checkpoints = CheckpointIndex(self.root / CHECKPOINTS, self.limit // 16)
 
     # -- the decorator --------------------------------------------------------------------
 
@@ -265,7 +270,7 @@ class DiskCache:
     def _scan(self) -> None:
         found = []
         for folder in self.root.iterdir() if self.root.is_dir() else ():
-            if not folder.is_dir():
+            if not folder.is_dir() or folder.name == CHECKPOINTS:
                 continue
             for entry in os.scandir(folder):
                 if entry.name.startswith(".tmp-"):

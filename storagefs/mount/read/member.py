@@ -1,5 +1,9 @@
 """What every open handle of one member shares: snapshots, the running CRC-32, the verdict.
 
+Snapshots are kept by the block offset they serve: a ``codecs`` decoder copy (taken there) or a
+deflate ``Checkpoint`` (at most a block before it); with ``--cache-dir`` the member's
+``MemberIndex`` (``checkpoints.py``) has them on disk too, and its offsets are known here.
+
 The context keeps one ``MemberState`` per member key, so a second ``open`` of a member finds
 the snapshots the first one laid, goes on with its CRC-32, and sees its verdict: a member
 found bad is refused to every handle, even from the cache.
@@ -10,10 +14,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ...errors import CorruptArchive
 from ...zipfmt import codecs
+
+if TYPE_CHECKING:
+    from .checkpoints import MemberIndex
 
 _tokens = itertools.count(1)
 
@@ -35,6 +42,9 @@ class MemberState:
         self.crc = 0
         self.verified = False  # CRC-32 (or size, when no CRC is known) checked at the end
         self.no_fast = False  # a block was needed again after a pass without snapshots
+        self.index: MemberIndex | None = None  # the member's checkpoints on disk, if kept
+        self.index_known = False  # whether ``index`` was looked up
+        self.spacing = 0  # output between checkpoints (set by the first reader)
         self.error: CorruptArchive | None = None
 
     def fail(self, error: CorruptArchive) -> CorruptArchive:
@@ -67,6 +77,10 @@ class MemberState:
                     f"{self.name}: CRC-32 mismatch: got {self.crc:08x}, "
                     f"expected {self.expected_crc:08x}"))
             self.verified = True
+
+    def add_snapshots(self, offsets: list[int]) -> None:
+        with self.lock:
+            self.snapshots = sorted(set(self.snapshots).union(offsets))
 
     def add_snapshot(self, offset: int) -> None:
         with self.lock:
