@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 WINDOW = 32 * 1024  # deflate's largest distance: what a checkpoint keeps of the output
 _Z_OK, _Z_STREAM_END, _Z_BUF_ERROR = 0, 1, -5
 _Z_NO_FLUSH, _Z_BLOCK = 0, 5
+_MOST = 1 << 30  # input or output given to one call: zlib's avail_in/avail_out are 32 bits
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ class IndexedInflater(codecs.Decoder):
 
     @property
     def needs_input(self) -> bool:
-        return self._eof or (self._s.avail_in == 0 and not self._full)
+        return self._eof or (not self._held() and not self._full)
 
     @property
     def in_pos(self) -> int:
@@ -237,7 +238,7 @@ class IndexedInflater(codecs.Decoder):
             self._unpin()
             return b""  # bytes after the end of the stream are ignored, as zipfile does
         if data:
-            if self._s.avail_in:
+            if self._held():
                 raise ValueError("input given while earlier input is still held")
             self._pin(data)
         if max_length < 0:
@@ -286,7 +287,7 @@ class IndexedInflater(codecs.Decoder):
         filled = 0
         self._full = False
         while filled < length:
-            limit, mode = length - filled, _Z_NO_FLUSH
+            limit, mode = min(length - filled, _MOST), _Z_NO_FLUSH
             mark = self._mark
             if mark is not None:
                 zone = mark - self.margin
@@ -312,7 +313,7 @@ class IndexedInflater(codecs.Decoder):
                 raise CorruptArchive(f"deflate data is corrupt: {message}")
             if mode == _Z_BLOCK:
                 self._at_block_return()
-            if s.avail_in == 0:
+            if s.avail_in == 0 and not self._feed_view():
                 self._unpin()
                 if made < limit:
                     piece = more() if more is not None else None
@@ -349,7 +350,7 @@ class IndexedInflater(codecs.Decoder):
         prime = 0
         if consumed:
             back = self._base_in + s.total_in - byte  # how far behind next_in that byte is
-            if not self._pinned or back > self._view.len - s.avail_in:
+            if not self._pinned or back > s.next_in - self._view.buf:
                 return None  # in an earlier input piece: no checkpoint here
             prime = ctypes.string_at(s.next_in - back, 1)[0] >> consumed
         size = ctypes.c_uint32(WINDOW)
@@ -366,7 +367,18 @@ class IndexedInflater(codecs.Decoder):
             raise TypeError("deflate input must be a contiguous bytes-like object")
         self._pinned = True
         self._s.next_in = self._view.buf
-        self._s.avail_in = self._view.len
+        self._s.avail_in = 0
+        self._feed_view()
+
+    def _held(self) -> int:
+        """Input pinned and not consumed yet (given to zlib or still to be given)."""
+        return self._view.len - (self._s.next_in - self._view.buf) if self._pinned else 0
+
+    def _feed_view(self) -> bool:
+        """Give zlib the next part of the pinned input, at most ``_MOST``: whether any."""
+        held = self._held()
+        self._s.avail_in = min(held, _MOST)
+        return held > 0
 
     def _unpin(self) -> None:
         if self._pinned:
