@@ -8,6 +8,7 @@ The last test does the same through two real FUSE mounts of the reference server
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import os
@@ -368,3 +369,19 @@ def test_an_output_larger_than_zlibs_counters_is_never_padded(library):
         pytest.skip("no address space for a 4 GiB request")
     assert len(out) == len(DATA)  # (not compared whole first: a 4 GiB diff would not end)
     assert out == DATA
+
+
+class _WiderStream(ctypes.Structure):
+    """A stream layout no library has: what a rebuilt zlib-ng with a changed struct would be."""
+
+    _fields_ = [("known", ctypes.c_byte * 112), ("extra", ctypes.c_void_p)]
+
+
+def test_a_library_whose_stream_layout_differs_is_not_used():
+    """zlib-ng's own entry point does no checks: the loader must refuse a layout the library
+    does not take, and deflate falls back to the readers without checkpoints."""
+    assert inflate._zlib_ng(_WiderStream) is None
+    assert inflate._system_zlib(_WiderStream) is None
+    if inflate.codecs.fast_zlib is not zlib:
+        assert inflate._zlib_ng() is not None
+    assert inflate._system_zlib() is not None

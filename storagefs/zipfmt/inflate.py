@@ -87,10 +87,16 @@ class _ZngStream(ctypes.Structure):
 
 
 class _ZStream(ctypes.Structure):
-    """zlib's ``z_stream`` (``uInt`` 32 bits, ``uLong`` the platform's long)."""
+    """zlib's ``z_stream`` (``uInt`` is ``unsigned int``, ``uLong`` the platform's long: 32
+    bits on Windows, where ``total_in`` is not a ``size_t``)."""
 
-    _fields_ = _ZngStream._fields_[:-2] + [("adler", ctypes.c_ulong),
-                                           ("reserved", ctypes.c_ulong)]
+    _fields_ = [("next_in", ctypes.c_void_p), ("avail_in", ctypes.c_uint),
+                ("total_in", ctypes.c_ulong), ("next_out", ctypes.c_void_p),
+                ("avail_out", ctypes.c_uint), ("total_out", ctypes.c_ulong),
+                ("msg", ctypes.c_char_p), ("state", ctypes.c_void_p),
+                ("zalloc", ctypes.c_void_p), ("zfree", ctypes.c_void_p),
+                ("opaque", ctypes.c_void_p), ("data_type", ctypes.c_int),
+                ("adler", ctypes.c_ulong), ("reserved", ctypes.c_ulong)]
 
 
 class _PyBuffer(ctypes.Structure):
@@ -141,31 +147,41 @@ class _Binding:
     inflateGetDictionary: Any
 
 
-def _zlib_ng() -> _Binding | None:
+def _checked(name: str, lib: ctypes.CDLL, prefix: str, stream: type,
+             header: bytes) -> _Binding | None:
+    """The binding if the library takes streams laid out as ``stream``: its ``inflateInit2_``
+    refuses a ``stream_size`` or a major version (``header``, the one the layout was copied
+    from) other than its own, so a build that differs is never handed a wrong-sized struct."""
+    init2 = getattr(lib, prefix + "inflateInit2_")
+    init2.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    init2.restype = ctypes.c_int
+    binding = _Binding(name, lib, prefix, stream,
+                       lambda s: init2(ctypes.byref(s), -15, header, ctypes.sizeof(stream)))
+    trial = stream()
+    if binding.init(trial) != _Z_OK:
+        log.warning("%s does not take the stream layout this reader knows: deflate is read "
+                    "without checkpoints", name)
+        return None
+    binding.inflateEnd(ctypes.byref(trial))
+    return binding
+
+
+def _zlib_ng(stream: type = _ZngStream) -> _Binding | None:
     """zlib-ng's C API, exported by python-zlib-ng's extension module."""
     if codecs.fast_zlib is zlib:
         return None
     try:
         lib = ctypes.CDLL(codecs.fast_zlib.__file__)
-        init = lib.zng_inflateInit2
-        init.argtypes, init.restype = [ctypes.c_void_p, ctypes.c_int], ctypes.c_int
-        return _Binding("zlib-ng", lib, "zng_", _ZngStream,
-                        lambda s: init(ctypes.byref(s), -15))
+        return _checked("zlib-ng", lib, "zng_", stream, b"2.3.3")  # zlib-ng.h 2.x, 104 bytes
     except (OSError, AttributeError, TypeError):
         return None
 
 
-def _system_zlib() -> _Binding | None:
+def _system_zlib(stream: type = _ZStream) -> _Binding | None:
     """The system's libz (the one CPython's own ``zlib`` module is linked with)."""
     try:
         lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
-        lib.zlibVersion.restype = ctypes.c_char_p
-        version = lib.zlibVersion()
-        init2 = lib.inflateInit2_
-        init2.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        init2.restype = ctypes.c_int
-        return _Binding("zlib", lib, "", _ZStream,
-                        lambda s: init2(ctypes.byref(s), -15, version, ctypes.sizeof(_ZStream)))
+        return _checked("zlib", lib, "", stream, b"1.2.13")  # zlib.h 1.x, 112 bytes
     except (OSError, AttributeError, TypeError):
         return None
 
