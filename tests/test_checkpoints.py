@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import random
+import threading
 import zipfile
 import zlib
 
@@ -385,3 +386,31 @@ def test_a_library_whose_stream_layout_differs_is_not_used():
     if inflate.codecs.fast_zlib is not zlib:
         assert inflate._zlib_ng() is not None
     assert inflate._system_zlib() is not None
+
+
+def test_closing_from_another_thread_waits_for_the_inflate_in_progress(library):
+    """close() frees zlib's state: run while another thread inflates (the call releases the
+    GIL) it would free memory zlib is using. It waits; the inflate ends with its data."""
+    stream = raw_deflate(DATA, 6)
+    d = IndexedInflater()
+    inside, go_on = threading.Event(), threading.Event()
+    pieces = [stream[len(stream) // 2:], stream[:len(stream) // 2]]
+
+    def more():
+        if len(pieces) == 1:  # half the input inflated: the state is live
+            inside.set()
+            go_on.wait(5)
+        return pieces.pop() if pieces else None
+
+    result: list[bytes] = []
+    worker = threading.Thread(target=lambda: result.append(d.fill(len(DATA), more)))
+    worker.start()
+    assert inside.wait(5)
+    closer = threading.Thread(target=d.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive()  # waits for the fill
+    go_on.set()
+    worker.join(10)
+    closer.join(10)
+    assert result == [DATA] and not d._open

@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -211,6 +212,9 @@ class IndexedInflater(codecs.Decoder):
         if binding is None:
             raise RuntimeError("no zlib library could be loaded for IndexedInflater")
         self._z = binding
+        # Held through each zlib call on the state and by close(): a close from another
+        # thread waits instead of freeing the state an inflate (GIL released) is using.
+        self._busy = threading.RLock()
         self._s = binding.stream()
         self._sref = ctypes.byref(self._s)
         self._open = False
@@ -295,6 +299,11 @@ class IndexedInflater(codecs.Decoder):
 
     def _produce(self, length: int,
                  more: Callable[[], codecs.BytesLike | None] | None = None) -> bytes:
+        with self._busy:
+            return self._produce_locked(length, more)
+
+    def _produce_locked(self, length: int,
+                        more: Callable[[], codecs.BytesLike | None] | None) -> bytes:
         if not self._open:  # zlib's state is freed: calling into it would crash the process
             raise ValueError("inflater used after close()")
         out = _new_bytes(None, length)
@@ -405,10 +414,11 @@ class IndexedInflater(codecs.Decoder):
 
     def close(self) -> None:
         """Free zlib's state (also done when the inflater is collected)."""
-        self._unpin()
-        if self._open:
-            self._z.inflateEnd(self._sref)
-            self._open = False
+        with self._busy:
+            self._unpin()
+            if self._open:
+                self._z.inflateEnd(self._sref)
+                self._open = False
 
     def __del__(self) -> None:
         try:
