@@ -8,10 +8,12 @@ The last test does the same through two real FUSE mounts of the reference server
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import os
 import random
+import threading
 import zipfile
 import zlib
 
@@ -355,3 +357,60 @@ def test_a_second_mount_reads_far_into_a_member_from_its_disk_index(server, tmp_
 def object_bytes(server) -> float:
     return sum(v for k, v in server.metrics().items()
                if k.startswith("storagefs_object_read_bytes_total"))
+
+
+def test_an_output_larger_than_zlibs_counters_is_never_padded(library):
+    """zlib counts output in 32 bits: a larger request is filled in parts, never claimed whole
+    (the bytes object is allocated lazily; only what is decoded is touched)."""
+    stream = raw_deflate(DATA, 6)
+    pieces = [stream]
+    try:
+        out = IndexedInflater().fill((1 << 32) + 100, lambda: pieces.pop() if pieces else None)
+    except MemoryError:
+        pytest.skip("no address space for a 4 GiB request")
+    assert len(out) == len(DATA)  # (not compared whole first: a 4 GiB diff would not end)
+    assert out == DATA
+
+
+class _WiderStream(ctypes.Structure):
+    """A stream layout no library has: what a rebuilt zlib-ng with a changed struct would be."""
+
+    _fields_ = [("known", ctypes.c_byte * 112), ("extra", ctypes.c_void_p)]
+
+
+def test_a_library_whose_stream_layout_differs_is_not_used():
+    """zlib-ng's own entry point does no checks: the loader must refuse a layout the library
+    does not take, and deflate falls back to the readers without checkpoints."""
+    assert inflate._zlib_ng(_WiderStream) is None
+    assert inflate._system_zlib(_WiderStream) is None
+    if inflate.codecs.fast_zlib is not zlib:
+        assert inflate._zlib_ng() is not None
+    assert inflate._system_zlib() is not None
+
+
+def test_closing_from_another_thread_waits_for_the_inflate_in_progress(library):
+    """close() frees zlib's state: run while another thread inflates (the call releases the
+    GIL) it would free memory zlib is using. It waits; the inflate ends with its data."""
+    stream = raw_deflate(DATA, 6)
+    d = IndexedInflater()
+    inside, go_on = threading.Event(), threading.Event()
+    pieces = [stream[len(stream) // 2:], stream[:len(stream) // 2]]
+
+    def more():
+        if len(pieces) == 1:  # half the input inflated: the state is live
+            inside.set()
+            go_on.wait(5)
+        return pieces.pop() if pieces else None
+
+    result: list[bytes] = []
+    worker = threading.Thread(target=lambda: result.append(d.fill(len(DATA), more)))
+    worker.start()
+    assert inside.wait(5)
+    closer = threading.Thread(target=d.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive()  # waits for the fill
+    go_on.set()
+    worker.join(10)
+    closer.join(10)
+    assert result == [DATA] and not d._open

@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 WINDOW = 32 * 1024  # deflate's largest distance: what a checkpoint keeps of the output
 _Z_OK, _Z_STREAM_END, _Z_BUF_ERROR = 0, 1, -5
 _Z_NO_FLUSH, _Z_BLOCK = 0, 5
+_MOST = 1 << 30  # input or output given to one call: zlib's avail_in/avail_out are 32 bits
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,16 @@ class _ZngStream(ctypes.Structure):
 
 
 class _ZStream(ctypes.Structure):
-    """zlib's ``z_stream`` (``uInt`` 32 bits, ``uLong`` the platform's long)."""
+    """zlib's ``z_stream`` (``uInt`` is ``unsigned int``, ``uLong`` the platform's long: 32
+    bits on Windows, where ``total_in`` is not a ``size_t``)."""
 
-    _fields_ = _ZngStream._fields_[:-2] + [("adler", ctypes.c_ulong),
-                                           ("reserved", ctypes.c_ulong)]
+    _fields_ = [("next_in", ctypes.c_void_p), ("avail_in", ctypes.c_uint),
+                ("total_in", ctypes.c_ulong), ("next_out", ctypes.c_void_p),
+                ("avail_out", ctypes.c_uint), ("total_out", ctypes.c_ulong),
+                ("msg", ctypes.c_char_p), ("state", ctypes.c_void_p),
+                ("zalloc", ctypes.c_void_p), ("zfree", ctypes.c_void_p),
+                ("opaque", ctypes.c_void_p), ("data_type", ctypes.c_int),
+                ("adler", ctypes.c_ulong), ("reserved", ctypes.c_ulong)]
 
 
 class _PyBuffer(ctypes.Structure):
@@ -140,31 +148,41 @@ class _Binding:
     inflateGetDictionary: Any
 
 
-def _zlib_ng() -> _Binding | None:
+def _checked(name: str, lib: ctypes.CDLL, prefix: str, stream: type,
+             header: bytes) -> _Binding | None:
+    """The binding if the library takes streams laid out as ``stream``: its ``inflateInit2_``
+    refuses a ``stream_size`` or a major version (``header``, the one the layout was copied
+    from) other than its own, so a build that differs is never handed a wrong-sized struct."""
+    init2 = getattr(lib, prefix + "inflateInit2_")
+    init2.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    init2.restype = ctypes.c_int
+    binding = _Binding(name, lib, prefix, stream,
+                       lambda s: init2(ctypes.byref(s), -15, header, ctypes.sizeof(stream)))
+    trial = stream()
+    if binding.init(trial) != _Z_OK:
+        log.warning("%s does not take the stream layout this reader knows: deflate is read "
+                    "without checkpoints", name)
+        return None
+    binding.inflateEnd(ctypes.byref(trial))
+    return binding
+
+
+def _zlib_ng(stream: type = _ZngStream) -> _Binding | None:
     """zlib-ng's C API, exported by python-zlib-ng's extension module."""
     if codecs.fast_zlib is zlib:
         return None
     try:
         lib = ctypes.CDLL(codecs.fast_zlib.__file__)
-        init = lib.zng_inflateInit2
-        init.argtypes, init.restype = [ctypes.c_void_p, ctypes.c_int], ctypes.c_int
-        return _Binding("zlib-ng", lib, "zng_", _ZngStream,
-                        lambda s: init(ctypes.byref(s), -15))
+        return _checked("zlib-ng", lib, "zng_", stream, b"2.3.3")  # zlib-ng.h 2.x, 104 bytes
     except (OSError, AttributeError, TypeError):
         return None
 
 
-def _system_zlib() -> _Binding | None:
+def _system_zlib(stream: type = _ZStream) -> _Binding | None:
     """The system's libz (the one CPython's own ``zlib`` module is linked with)."""
     try:
         lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
-        lib.zlibVersion.restype = ctypes.c_char_p
-        version = lib.zlibVersion()
-        init2 = lib.inflateInit2_
-        init2.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        init2.restype = ctypes.c_int
-        return _Binding("zlib", lib, "", _ZStream,
-                        lambda s: init2(ctypes.byref(s), -15, version, ctypes.sizeof(_ZStream)))
+        return _checked("zlib", lib, "", stream, b"1.2.13")  # zlib.h 1.x, 112 bytes
     except (OSError, AttributeError, TypeError):
         return None
 
@@ -194,6 +212,9 @@ class IndexedInflater(codecs.Decoder):
         if binding is None:
             raise RuntimeError("no zlib library could be loaded for IndexedInflater")
         self._z = binding
+        # Held through each zlib call on the state and by close(): a close from another
+        # thread waits instead of freeing the state an inflate (GIL released) is using.
+        self._busy = threading.RLock()
         self._s = binding.stream()
         self._sref = ctypes.byref(self._s)
         self._open = False
@@ -225,7 +246,7 @@ class IndexedInflater(codecs.Decoder):
 
     @property
     def needs_input(self) -> bool:
-        return self._eof or (self._s.avail_in == 0 and not self._full)
+        return self._eof or (not self._held() and not self._full)
 
     @property
     def in_pos(self) -> int:
@@ -237,7 +258,7 @@ class IndexedInflater(codecs.Decoder):
             self._unpin()
             return b""  # bytes after the end of the stream are ignored, as zipfile does
         if data:
-            if self._s.avail_in:
+            if self._held():
                 raise ValueError("input given while earlier input is still held")
             self._pin(data)
         if max_length < 0:
@@ -278,6 +299,11 @@ class IndexedInflater(codecs.Decoder):
 
     def _produce(self, length: int,
                  more: Callable[[], codecs.BytesLike | None] | None = None) -> bytes:
+        with self._busy:
+            return self._produce_locked(length, more)
+
+    def _produce_locked(self, length: int,
+                        more: Callable[[], codecs.BytesLike | None] | None) -> bytes:
         if not self._open:  # zlib's state is freed: calling into it would crash the process
             raise ValueError("inflater used after close()")
         out = _new_bytes(None, length)
@@ -286,7 +312,7 @@ class IndexedInflater(codecs.Decoder):
         filled = 0
         self._full = False
         while filled < length:
-            limit, mode = length - filled, _Z_NO_FLUSH
+            limit, mode = min(length - filled, _MOST), _Z_NO_FLUSH
             mark = self._mark
             if mark is not None:
                 zone = mark - self.margin
@@ -312,7 +338,7 @@ class IndexedInflater(codecs.Decoder):
                 raise CorruptArchive(f"deflate data is corrupt: {message}")
             if mode == _Z_BLOCK:
                 self._at_block_return()
-            if s.avail_in == 0:
+            if s.avail_in == 0 and not self._feed_view():
                 self._unpin()
                 if made < limit:
                     piece = more() if more is not None else None
@@ -349,7 +375,7 @@ class IndexedInflater(codecs.Decoder):
         prime = 0
         if consumed:
             back = self._base_in + s.total_in - byte  # how far behind next_in that byte is
-            if not self._pinned or back > self._view.len - s.avail_in:
+            if not self._pinned or back > s.next_in - self._view.buf:
                 return None  # in an earlier input piece: no checkpoint here
             prime = ctypes.string_at(s.next_in - back, 1)[0] >> consumed
         size = ctypes.c_uint32(WINDOW)
@@ -366,7 +392,18 @@ class IndexedInflater(codecs.Decoder):
             raise TypeError("deflate input must be a contiguous bytes-like object")
         self._pinned = True
         self._s.next_in = self._view.buf
-        self._s.avail_in = self._view.len
+        self._s.avail_in = 0
+        self._feed_view()
+
+    def _held(self) -> int:
+        """Input pinned and not consumed yet (given to zlib or still to be given)."""
+        return self._view.len - (self._s.next_in - self._view.buf) if self._pinned else 0
+
+    def _feed_view(self) -> bool:
+        """Give zlib the next part of the pinned input, at most ``_MOST``: whether any."""
+        held = self._held()
+        self._s.avail_in = min(held, _MOST)
+        return held > 0
 
     def _unpin(self) -> None:
         if self._pinned:
@@ -377,10 +414,11 @@ class IndexedInflater(codecs.Decoder):
 
     def close(self) -> None:
         """Free zlib's state (also done when the inflater is collected)."""
-        self._unpin()
-        if self._open:
-            self._z.inflateEnd(self._sref)
-            self._open = False
+        with self._busy:
+            self._unpin()
+            if self._open:
+                self._z.inflateEnd(self._sref)
+                self._open = False
 
     def __del__(self) -> None:
         try:
