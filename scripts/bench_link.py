@@ -17,8 +17,9 @@ Rows (each with its target; ratios are taken side by side in one run):
   in a loop on one core (<= cache size + 100 MB).
 
 ``python scripts/bench_link.py [--work DIR] [--rows cat,first,small,readers,rss] [--json F]``.
-The corpus is built once under ``--work`` (default ``.bench/link``). ``run(...)`` returns the
-rows as dicts for ``scripts/bench.py``.
+The corpus is built once under ``--work`` (default ``.bench/link``). ``measure(...)`` returns
+the detailed rows; ``run(...)`` returns them as ``scripts/benchrows.py`` rows (``quick``: a
+16 MiB member, 2 MiB readers and no 5 GiB RSS row, in the run's scratch folder).
 """
 
 from __future__ import annotations
@@ -340,7 +341,7 @@ def row_cat(server: Server, work: Path, size: int, runs: int = 3) -> dict:
                "mb_s": size / statistics.median(runs_s) / 1e6}
         for name, runs_s in times.items()}
     ratio = figures["rtt_50ms"]["mb_s"] / figures["direct"]["mb_s"]
-    return {"row": "cat ~300 MiB member, 50 ms RTT over direct", "value": ratio,
+    return {"row": f"cat {size / MiB:.0f} MiB member, 50 ms RTT over direct", "value": ratio,
             "target": ">= 0.8", "ok": ratio >= 0.8, **figures}
 
 
@@ -427,8 +428,8 @@ def row_rss(server: Server, work: Path, huge: int) -> dict:
             "target": f"<= {limit:.0f}", "ok": worst <= limit, **figures}
 
 
-def run(work: Path, rows: tuple[str, ...] = ROWS, big: int = 300 * MiB,
-        readers_each: int = 32 * MiB, huge: int = 5 * GiB) -> list[dict]:
+def measure(work: Path, rows: tuple[str, ...] = ROWS, big: int = 300 * MiB,
+            readers_each: int = 32 * MiB, huge: int = 5 * GiB) -> list[dict]:
     """Build the corpus under ``work`` (once), start a server, and measure ``rows``."""
     work.mkdir(parents=True, exist_ok=True)
     build_corpus(work / "root", big, readers_each, huge if "rss" in rows else 0)
@@ -452,6 +453,21 @@ def run(work: Path, rows: tuple[str, ...] = ROWS, big: int = 300 * MiB,
     return out
 
 
+_UNITS = {"cat": "x", "first": "round trips", "small": "requests", "readers": "x", "rss": "MB"}
+
+
+def run(quick: bool = False, work: Path | None = None, cache: Path | None = None) -> list[dict]:
+    """The rows for ``scripts/bench.py``: the full corpus kept in ``cache`` between runs, the
+    quick one built in ``work`` (scratch)."""
+    folder = ((work if quick else cache) or Path(tempfile.gettempdir())) / "link"
+    rows = tuple(r for r in ROWS if r != "rss") if quick else ROWS
+    sizes = {"big": 16 * MiB, "readers_each": 2 * MiB} if quick else {}
+    detail = measure(folder.resolve(), rows, **sizes)
+    return [{"what": row["row"], "value": row["value"], "unit": _UNITS[name],
+             "target": f"{row['target']} {_UNITS[name]}", "pass": bool(row["ok"])}
+            for name, row in zip(rows, detail)]
+
+
 def _line(row: dict) -> str:
     value = row["value"]
     shown = f"{value:.2f}" if isinstance(value, float) else str(value)
@@ -471,7 +487,7 @@ def main() -> None:
     unknown = set(rows) - set(ROWS)
     if unknown:
         parser.error(f"unknown rows {', '.join(sorted(unknown))}; choose among {', '.join(ROWS)}")
-    result = run(args.work.resolve(), rows, huge=int(args.huge_gib * GiB))
+    result = measure(args.work.resolve(), rows, huge=int(args.huge_gib * GiB))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 
