@@ -23,7 +23,8 @@ archive sizes on a warm server, a whole listing (with the tree the mount builds 
 against one folder listing: the figures behind ``archivelisting.LAZY_MEMBERS``.
 
 Usage: ``scripts/bench_listing.py [--count N] [--rows 1,2,3,4] [--json PATH] [--threshold]``.
-``run(...)`` returns the rows for other scripts and tests.
+``measure(...)`` returns the detailed rows; ``run(...)`` returns them as
+``scripts/benchrows.py`` rows (``quick``: 130,000 members instead of a million).
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ DEEP, FURTHER, PROCESSOR = ("artifacts/processor3/0.500", "artifacts/processor3/
 MiB = 1 << 20
 
 
-def build(count: int) -> Path:
+def build(count: int, where: Path = WORK) -> Path:
     """The served folder, with ``bench/million.zip`` of ``count`` members (kept between runs)."""
-    root = WORK / "root"
+    root = where / "root"
     archive = root / "bench" / ARCHIVE
-    stamp = WORK / "count"
+    stamp = where / "count"
     if not archive.exists() or not stamp.exists() or stamp.read_text() != str(count):
         archive.parent.mkdir(parents=True, exist_ok=True)
         write_task_archive(archive, count)
@@ -116,10 +117,12 @@ def server_alone(server: Server, folders: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run(count: int = 1_000_000, rows: tuple[str, ...] = ("1", "2", "3", "4"),
-        cache_size: int = 256 * MiB, work: Path | None = None) -> list[dict]:
-    """Measure the rows (see the module notes) and return them."""
-    root = build(count)
+def measure(count: int = 1_000_000, rows: tuple[str, ...] = ("1", "2", "3", "4"),
+            cache_size: int = 256 * MiB, work: Path | None = None,
+            where: Path = WORK) -> list[dict]:
+    """Measure the rows (see the module notes) and return them; the archive is kept under
+    ``where``."""
+    root = build(count, where)
     work = Path(tempfile.mkdtemp(prefix="bench-listing-", dir=work or WORK))
     server = Server(root, work)
     server.start()
@@ -180,6 +183,27 @@ def run(count: int = 1_000_000, rows: tuple[str, ...] = ("1", "2", "3", "4"),
 
 
 # -- the floor: a trivial in-memory fusepy file system with the same tree -----------------------
+
+
+QUICK_COUNT = 130_000  # enough for processor7, the ``find`` row's folder
+
+
+def run(quick: bool = False, work: Path | None = None, cache: Path | None = None,
+        cache_size: int = 256 * MiB) -> list[dict]:
+    """The rows for ``scripts/bench.py``: a million members kept in ``cache`` (``.bench/``), or
+    with ``quick`` 130,000 built in ``work`` (scratch)."""
+    folder = ((work if quick else cache) or WORK.parent) / "listing"
+    folder.mkdir(parents=True, exist_ok=True)
+    count = QUICK_COUNT if quick else 1_000_000
+    rows = []
+    for line in measure(count, cache_size=cache_size, work=folder, where=folder):
+        target = "" if line["target"] is None else f"<= {line['target']:g} {line['unit']}"
+        rows.append({"what": line["row"], "value": line["value"], "unit": line["unit"],
+                     "target": target, "pass": line["pass"]})
+        if line.get("over_floor") is not None:
+            rows.append({"what": "ls -lR: over the trivial fusepy file system",
+                         "value": line["over_floor"], "unit": "x", "target": "", "pass": None})
+    return rows
 
 
 def floor_ls(count: int, work: Path) -> float:
@@ -301,7 +325,7 @@ def main() -> int:
         for line in rows:
             print(line)
     else:
-        rows = run(args.count, tuple(args.rows.split(",")), args.cache_size * MiB)
+        rows = measure(args.count, tuple(args.rows.split(",")), args.cache_size * MiB)
         print(f"{'row':56} {'value':>10} {'target':>8}  result")
         for line in rows:
             target = "" if line["target"] is None else f"{line['target']:g}"
