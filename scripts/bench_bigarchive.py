@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The server's figures for a task archive of a million members, against the issue's targets.
 
-Rows (``run()`` returns them; ``__main__`` prints them as a table and optionally as JSON):
+Rows (``measure()`` returns them, ``run()`` as ``scripts/benchrows.py`` rows, ``quick``: 64,000
+members; ``__main__`` prints them as a table and optionally as JSON):
 
 - ``unzip -l`` of the archive (the reference on this machine; no target);
 - the index built in a fresh process (``read_index``): time (<= 4 s) and RSS growth, after the
@@ -63,6 +64,20 @@ elapsed = time.perf_counter() - started
 print(json.dumps({"seconds": elapsed, "rss": status('VmRSS') - before,
                   "peak": status('VmHWM') - before, "nbytes": index.nbytes}))
 """
+
+
+QUICK_COUNT = 64_000  # processors 0-3: FOLDER is there
+
+
+def _other_folders(count: int) -> list[str]:
+    """OTHER_FOLDERS in the full archive; in a smaller one, ten folders spread over it."""
+    if count >= bigarchive.FULL_COUNT:
+        return OTHER_FOLDERS
+    per_step = len(bigarchive.FIELDS)
+    per_processor = bigarchive.STEPS * per_step
+    spread = [divmod((2 * i + 1) * count // 20, per_processor) for i in range(10)]
+    return [f"artifacts/processor{p}/{bigarchive.step_name(rest // per_step)}"
+            for p, rest in spread]
 
 
 def _row(name: str, value: float | None, unit: str, target: float | None = None) -> dict:
@@ -136,7 +151,18 @@ def _timed_listing(url: str, archive: str, folder: str) -> float:
     return elapsed
 
 
-def run(count: int = 1_000_000, workdir: Path | None = None) -> list[dict]:
+def run(quick: bool = False, work: Path | None = None, cache: Path | None = None) -> list[dict]:
+    """The rows for ``scripts/bench.py``: a million members kept in ``cache`` (``.bench/``), or
+    with ``quick`` 64,000 in ``work`` (scratch; the targets are the million's)."""
+    folder = ((work if quick else cache) or Path(tempfile.gettempdir())) / "bigarchive"
+    folder.mkdir(parents=True, exist_ok=True)
+    return [{"what": row["row"], "value": row["value"], "unit": row["unit"],
+             "target": "" if row["target"] is None else f"<= {row['target']:g} {row['unit']}",
+             "pass": row["pass"], "digits": 3 if row["unit"] == "s" else 2}
+            for row in measure(QUICK_COUNT if quick else 1_000_000, folder)]
+
+
+def measure(count: int = 1_000_000, workdir: Path | None = None) -> list[dict]:
     """Measure once; ``workdir`` keeps the archive between runs (a temporary one otherwise)."""
     own = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="bench-bigarchive-")) if own else workdir
@@ -179,7 +205,7 @@ def _measure(count: int, workdir: Path) -> list[dict]:
         warm = [_timed_listing(url, archive, FOLDER) for _ in range(20)]
         rows.append(_row("server: same folder, warm (median of 20)", statistics.median(warm),
                          "s", 0.05))
-        others = [_timed_listing(url, archive, folder) for folder in OTHER_FOLDERS]
+        others = [_timed_listing(url, archive, folder) for folder in _other_folders(count)]
         rows.append(_row(f"server: {len(others)} other folders, warm index (median)",
                          statistics.median(others), "s", 0.05))
         rows.append(_row("server: RSS growth after the listings",
@@ -236,7 +262,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="keep the archive here between runs")
     parser.add_argument("--json", type=Path, help="write the rows here too")
     args = parser.parse_args()
-    rows = run(args.count, args.workdir)
+    rows = measure(args.count, args.workdir)
     _print(rows, args.count)
     if args.json:
         args.json.write_text(json.dumps({"count": args.count, "rows": rows}, indent=1))
