@@ -453,7 +453,7 @@ def measure(work: Path, rows: tuple[str, ...] = ROWS, big: int = 300 * MiB,
     return out
 
 
-_UNITS = {"cat": "x", "first": "round trips", "small": "requests", "readers": "x", "rss": "MB"}
+_UNITS = {"cat": "x", "first": "RTT", "small": "req", "readers": "x", "rss": "MB"}
 
 
 def run(quick: bool = False, work: Path | None = None, cache: Path | None = None) -> list[dict]:
@@ -464,7 +464,8 @@ def run(quick: bool = False, work: Path | None = None, cache: Path | None = None
     sizes = {"big": 16 * MiB, "readers_each": 2 * MiB} if quick else {}
     detail = measure(folder.resolve(), rows, **sizes)
     return [{"what": row["row"], "value": row["value"], "unit": _UNITS[name],
-             "target": f"{row['target']} {_UNITS[name]}", "pass": bool(row["ok"])}
+             "target": f"{row['target']} {_UNITS[name]}", "pass": bool(row["ok"]),
+             "digits": 0 if name == "small" else 2}
             for name, row in zip(rows, detail)]
 
 
