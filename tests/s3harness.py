@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from serverharness import ServerHandle, free_port, start_server
+from serverharness import ServerHandle, free_port, start_server, stop_process
 
 ACCESS_KEY, SECRET_KEY = "storagefs-test", "storagefs-test-secret"
 KINDS = ("moto", "rclone")
@@ -71,13 +71,7 @@ class S3Service:
         return name
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
 
 
 def start_store(kind: str, workdir: Path) -> S3Service:

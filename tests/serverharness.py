@@ -15,6 +15,17 @@ import requests
 KEY = {"X-API-Key": "test-key.123"}  # the header of the key start_server gives by default
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate, and kill what does not end within 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -46,13 +57,7 @@ class ServerHandle:
         return samples
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
 
 
 def start_server(root: Path, log_dir: Path, *extra: str, api_key: str = "test-key.123",
