@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,29 @@ def test_a_folder_looked_at_after_a_pause_is_no_walk(server, big_archives, tmp_p
         assert zip_calls(server) - calls == 3  # the folder, then processor2's subtree
         assert sorted(os.listdir(processor / "0.003")) == sorted(FIELDS)
         assert zip_calls(server) - calls == 3
+    assert_clean_log(log)
+
+
+def test_a_replaced_archive_shows_once_its_listing_expires_even_after_a_walk(
+        server, big_archives, tmp_path):
+    """The folders a walk went through are remembered for a second at most, and no longer than
+    the metadata TTL: the new archive's members show, the old ones are gone, also in a folder
+    not listed again."""
+    archive = big_archives / "replaced.zip"
+    write_task_archive(archive, LAZY_MEMBERS + 1_000)
+    mnt, log = tmp_path / "mnt", tmp_path / "mount.log"
+    step, other = (step_files(mnt, "replaced.zip", 0, name) for name in ("0.001", "0.002"))
+    with foreground_mount(server, mnt, log, "--metadata-ttl", "1"):
+        assert sorted(os.listdir(step)) == sorted(os.listdir(other)) == sorted(FIELDS)
+        assert os.stat(other / FIELDS[0]).st_size > 0
+        new = archive.with_suffix(".new")
+        with zipfile.ZipFile(new, "w") as zf:
+            zf.writestr("artifacts/processor0/0.001/only", b"replaced\n")
+        os.replace(new, archive)
+        time.sleep(2.5)
+        assert not (other / FIELDS[0]).exists()
+        assert os.listdir(step) == ["only"]
+        assert (step / "only").read_bytes() == b"replaced\n"
     assert_clean_log(log)
 
 

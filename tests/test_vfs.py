@@ -18,8 +18,8 @@ from storagefs.errors import (CorruptArchive, InvalidRequest, IsADirectory, NotA
                               NotFound, PermissionDenied, ServerError)
 from storagefs.mount import vfs as vfs_module
 from storagefs.mount.archivelisting import (LAZY_MEMBERS, MIN_MEMBER_BYTES, FolderCache,
-                                            needs_census, path_inode, read_census,
-                                            split_subtree)
+                                            RecentFolders, needs_census, path_inode,
+                                            read_census, split_subtree)
 from storagefs.mount.backend import CachedBackend, MetadataCache, SignedUrlCache, url_expiry
 from storagefs.mount.read import ReadContext
 from storagefs.mount.read.blockcache import BlockCache
@@ -514,6 +514,45 @@ def test_folder_listings_live_in_the_memory_budget():
     folders.get("huge2", loader("huge2", 50_000))
     folders.get("huge", loader("huge", 50_000))
     assert loads[-3:] == ["huge", "huge2", "huge"]
+
+
+def test_folder_listings_keep_to_their_share_of_the_budget():
+    """Beyond its share the least recently used folder goes, and data keeps the rest."""
+    budget = BlockCache(20_000)
+    folders = FolderCache(budget, ttl=60, limit=10_000)
+    loads: list[str] = []
+
+    def loader(name: str):
+        return lambda: (loads.append(name) or name, 4_000)
+
+    budget.put("data", b"x" * 8_000)
+    folders.get("a", loader("a"))
+    folders.get("b", loader("b"))
+    folders.get("a", loader("a"))  # a is now the more recent one
+    folders.get("c", loader("c"))  # three would pass the share: b goes, not a
+    assert ("listing", "b") not in budget and ("listing", "a") in budget
+    assert "data" in budget and budget.used == 16_000
+    folders.get("a", loader("a"))
+    assert loads == ["a", "b", "c"]
+    folders.discard("a")
+    folders.get("d", loader("d"))  # a's cost was given back: c and d fit
+    assert ("listing", "c") in budget and ("listing", "d") in budget
+
+
+def test_recent_folders_are_trusted_briefly_and_only_while_nothing_changed():
+    now = [0.0]
+    recent = RecentFolders(horizon=1.0, size=2, max_children=10, clock=lambda: now[0])
+    recent.put("/a.zip/x", "x", children=3, changes=7)
+    assert recent.get("/a.zip/x", 7) == "x"
+    assert recent.get("/a.zip/x", 8) is None  # a storage listing changed since
+    now[0] = 1.0
+    assert recent.get("/a.zip/x", 7) is None  # past the horizon
+    recent.put("/a.zip/big", "big", children=11, changes=7)
+    assert recent.get("/a.zip/big", 7) is None  # too large to keep outside the budget
+    for name in ("p", "q", "r"):
+        recent.put(f"/a.zip/{name}", name, children=1, changes=7)
+    assert [recent.get(f"/a.zip/{name}", 7) for name in "pqr"] == [None, "q", "r"]
+    RecentFolders(horizon=0.0).put("/a.zip/s", "s", 1, 0)  # no metadata TTL: nothing kept
 
 
 def test_concurrent_misses_list_a_folder_once():

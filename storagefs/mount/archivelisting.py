@@ -35,10 +35,10 @@ user starts to wait: from there on, folder by folder.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
@@ -165,12 +165,16 @@ _IMPLIED = ZipEntry("", 0, 0, None, None, 0)
 def path_inode(path: str) -> int:
     """An inode number for a path inside an archive listed by folder, with no table to keep.
 
-    Derived from the path (64-bit BLAKE2b, cut to 2**62 .. 2**63 - 1, far above the numbers
-    ``vfs.InodeTable`` counts out from 2), so it is the same each time the path is seen and a
-    walk of a million members costs no memory for inode numbers. Two paths share a number
-    with odds of about n**2 / 2**63: 1e-7 for a million paths."""
-    digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
-    return (int.from_bytes(digest, "little") >> 2) | (1 << 62)
+    Derived from the path (Python's string hash: 64-bit SipHash, keyed afresh in each process,
+    so nobody can craft names that collide; cut to 2**62 .. 2**63 - 1, far above the numbers
+    ``vfs.InodeTable`` counts out from 2), so it is the same each time the path is seen while
+    mounted, as ``InodeTable``'s are, and a walk of a million members costs no memory for inode
+    numbers, and a tenth of a cryptographic hash's time (``find`` makes one per path). Two
+    paths share a number with odds of about n**2 / 2**63: 1e-7 for a million paths."""
+    return (hash(path) & _INODE_BITS) | (1 << 62)
+
+
+_INODE_BITS = (1 << 62) - 1
 
 
 class FolderCache:
@@ -184,15 +188,26 @@ class FolderCache:
     is remembered for ``negative_ttl`` (at most ``MISSES_KEPT`` of them), other errors are
     not kept. ``vfs`` keeps whole archive trees here too, with an infinite TTL (a version
     fixes them).
+
+    ``limit``: the folders together take at most that many bytes of the budget, their own
+    least recently used going first beyond it. A walk needs only the folders it is in, and the
+    kernel makes the mount remember something of every path it walked besides (libfuse 2
+    keeps a node per path the kernel holds, about 150 bytes each: 150 MB after ``ls -lR`` of
+    a million members), so listings filling the whole budget would put the mount that much
+    over it.
     """
 
     MISSES_KEPT = 1024
 
     def __init__(self, budget: BlockCache, ttl: float, negative_ttl: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 limit: int | None = None) -> None:
         self.budget = budget
         self.ttl = ttl
         self.negative_ttl = negative_ttl
+        self.limit = limit
+        self._costs: OrderedDict[Hashable, int] = OrderedDict()  # kept keys, least recent first
+        self._total = 0  # their costs (a key the budget evicted counts until it is found gone)
         self._clock = clock
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
@@ -235,6 +250,19 @@ class FolderCache:
         item = (value, self._clock())
         if not self.budget.put(("listing", key), item, size=cost):
             self._oversize = (key, item)
+            return
+        if self.limit is None:
+            return
+        gone = []
+        with self._lock:
+            self._total += cost - self._costs.pop(key, 0)
+            self._costs[key] = cost
+            while self._total > self.limit and len(self._costs) > 1:
+                old, old_cost = self._costs.popitem(last=False)
+                self._total -= old_cost
+                gone.append(old)
+        for old in gone:
+            self.budget.discard(("listing", old))
 
     def peek(self, key: Hashable) -> Any:
         """The kept value for ``key``, or None (nothing is loaded)."""
@@ -245,6 +273,7 @@ class FolderCache:
 
     def discard(self, key: Hashable) -> None:
         self.budget.discard(("listing", key))
+        self._forget_cost(key)
         oversize = self._oversize
         if oversize is not None and oversize[0] == key:
             self._oversize = None
@@ -260,12 +289,64 @@ class FolderCache:
                 raise missing[0]
         item = self.budget.get(("listing", key))
         if item is None:
+            self._forget_cost(key)
             oversize = self._oversize
             if oversize is None or oversize[0] != key:
                 return None
             item = oversize[1]
+        elif self.limit is not None:
+            with self._lock:
+                if key in self._costs:
+                    self._costs.move_to_end(key)
         value, loaded = item
         if self._clock() - loaded >= self.ttl:
             self.discard(key)
             return None
         return value
+
+    def _forget_cost(self, key: Hashable) -> None:
+        if self.limit is not None and key in self._costs:
+            with self._lock:
+                self._total -= self._costs.pop(key, 0)
+
+
+class RecentFolders:
+    """The last few folders of archives listed by folder, by their mount path.
+
+    ``find`` and ``ls -lR`` ask for every entry of a folder just after listing it, each by its
+    whole path; resolved from the top, each ask walks the storage folders and the archive's
+    folders above it again, about 60 us of Python per path (a third of ``find``'s time over
+    17,001 paths). A folder here is trusted for ``horizon`` seconds (at most the metadata TTL)
+    and while no cached storage listing has changed (``changes``, the backend's counter).
+    Only small folders are kept, as they are kept here outside the memory budget: at most
+    ``size`` of ``max_children`` entries each.
+    """
+
+    def __init__(self, horizon: float, size: int = 8, max_children: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.horizon = horizon
+        self.size = size
+        self.max_children = max_children
+        self._clock = clock
+        self._items: dict[str, tuple[Any, float, int]] = {}  # path -> (value, until, changes)
+        self._lock = threading.Lock()
+
+    def get(self, path: str, changes: int) -> Any:
+        """The value kept for ``path`` if it is still to be trusted, else None."""
+        item = self._items.get(path)
+        if item is None or item[2] != changes or self._clock() >= item[1]:
+            return None
+        return item[0]
+
+    def put(self, path: str, value: Any, children: int, changes: int) -> None:
+        if children > self.max_children or self.horizon <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            items = self._items
+            items.pop(path, None)
+            for old in [key for key, item in items.items() if item[1] <= now]:
+                del items[old]
+            while len(items) >= self.size:
+                del items[next(iter(items))]
+            items[path] = (value, now + self.horizon, changes)

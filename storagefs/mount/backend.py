@@ -138,6 +138,7 @@ class MetadataCache:
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
         self.loads = 0  # for tests and debugging: how many times the backend was asked
+        self.changes = 0  # bumped whenever a value is stored, replaced or dropped
 
     def get(self, key: Hashable, load: Callable[[], Any], max_age: float | None = None) -> Any:
         """The cached value, or a fresh one if there is none or it is older than ``max_age``."""
@@ -176,6 +177,7 @@ class MetadataCache:
             return value
 
     def _store(self, table: OrderedDict, key: Hashable, value: Any) -> None:
+        self.changes += 1
         table[key] = (value, self._clock())
         table.move_to_end(key)
         while len(table) > self._maxsize:
@@ -202,6 +204,7 @@ class MetadataCache:
 
     def invalidate(self, key: Hashable) -> None:
         with self._lock:
+            self.changes += 1
             self._values.pop(key, None)
             self._misses.pop(key, None)
 
@@ -209,6 +212,7 @@ class MetadataCache:
         """A change made through the mount: ``change(value)`` replaces a cached value (its age
         kept); a remembered "not found" is forgotten."""
         with self._lock:
+            self.changes += 1
             self._misses.pop(key, None)
             item = self._values.get(key)
             if item is not None:
@@ -217,12 +221,14 @@ class MetadataCache:
     def forget(self, unwanted: Callable[[Hashable], bool]) -> None:
         """Drops every key ``unwanted(key)`` is true for (a folder removed: all below it)."""
         with self._lock:
+            self.changes += 1
             for table in (self._values, self._misses):
                 for key in [key for key in table if unwanted(key)]:
                     del table[key]
 
     def clear(self) -> None:
         with self._lock:
+            self.changes += 1
             self._values.clear()
             self._misses.clear()
 
@@ -325,6 +331,12 @@ class CachedBackend:
         self.metadata = MetadataCache(ttl, negative_ttl, clock=clock)
         self.ranges = MetadataCache(float("inf"), negative_ttl, maxsize=65536, clock=clock)
         self.urls = SignedUrlCache(clock=wall_clock)
+
+    @property
+    def changes(self) -> int:
+        """A counter bumped by every change of the cached listings: what was built on them is
+        current while it is unchanged (``archivelisting.RecentFolders``)."""
+        return self.metadata.changes
 
     def list_folder(self, path: str, max_age: float | None = None) -> list[protocol.StorageFile]:
         """``max_age``: the caller missed a name in the last answer; refresh if older."""

@@ -326,6 +326,9 @@ class StorageOperations(_OperationsBase):
                 "st_ctime": mtime_ns}
 
     getxattr = listxattr = None  # not registered with libfuse: see the module notes
+    # Nothing to release (a folder's handle holds nothing): libfuse answers it alone, one
+    # call less per folder for ``find`` and ``ls -R``.
+    releasedir = None
 
     # -- data --------------------------------------------------------------------------------------
 

@@ -62,8 +62,8 @@ from ..errors import (CorruptArchive, InvalidRequest, IsADirectory, NotADirector
                       PermissionDenied, StorageError, TooLarge)
 from ..gcpause import gc_paused
 from ..zipfmt import Fetch
-from .archivelisting import (LAZY_MEMBERS, FolderCache, needs_census, path_inode, read_census,
-                             split_subtree, walk_estimate)
+from .archivelisting import (LAZY_MEMBERS, FolderCache, RecentFolders, needs_census, path_inode,
+                             read_census, split_subtree, walk_estimate)
 from .backend import Backend, MetadataCache
 from .memberstart import MemberStart, locate, primed
 from .read import DiskCache, FileReader, MemberReader, RangeReader, ReadContext
@@ -323,12 +323,19 @@ class VFS:
         self._censuses = MetadataCache(float("inf"), negative_ttl, maxsize=4096)
         if metadata_ttl is None:
             metadata_ttl = getattr(backend, "ttl", 60.0)
-        self._archive_folders = FolderCache(self.context.cache, float(metadata_ttl))
+        self._archive_folders = FolderCache(
+            self.context.cache, float(metadata_ttl),
+            limit=max(FOLDERS_MIN, int(self.context.cache.capacity * FOLDERS_SHARE)))
         # (path, version, folder) -> when it was listed (readdir), and when its whole subtree
         # was: a walk lists a folder's subtree at once (``_walk_ahead``).
         self._listed: LRUCache[tuple, float] = LRUCache(maxsize=4096)
         self._subtrees: LRUCache[tuple, float] = LRUCache(maxsize=4096)
         self._walk_lock = threading.Lock()
+        # Folders of those archives just listed or walked through, by mount path: the next
+        # asks for their entries skip the walk from the top. Only over a backend that counts
+        # its changes (``CachedBackend``), for a second at most.
+        self._recent = RecentFolders(min(1.0, float(metadata_ttl))) \
+            if hasattr(backend, "changes") else None
 
     # -- the contract ------------------------------------------------------------------------
 
@@ -341,8 +348,10 @@ class VFS:
             raise NotADirectory(f"not a folder: {entry.path}")
         if archive is None or not self._by_folder(archive):
             return list(self._children(entry, archive))
+        changes = self._changes()
         self._walk_ahead(archive, entry.inner)
         children = list(self._children(entry, archive))
+        self._remember(archive, self._archive_folder(archive, entry.inner), entry.inner, changes)
         with self._walk_lock:
             self._listed[(archive.object_path, archive.version, entry.inner)] = time.monotonic()
         return children
@@ -416,6 +425,14 @@ class VFS:
         Entries are made once per listing (storage folders) or per archive version (members):
         ``ls -lR`` of a large archive asks for each path once, through every folder above it.
         """
+        if self._recent is not None:  # an entry of a folder just listed or walked through
+            parent, _, name = path.rpartition("/")
+            recent = self._recent.get(parent, self._changes())
+            if recent is not None:
+                archive, folder, inner = recent
+                found = self._folder_entry(archive, folder, inner, name)
+                if found is not None:
+                    return found, archive
         entry = self.root
         names = [name for name in path.split("/") if name]
         for i, name in enumerate(names):
@@ -652,10 +669,16 @@ class VFS:
                 path = f"{parent}/{rel}" if parent and rel else parent or rel
                 made = ArchiveFolder(part, path, archive.path)
                 self._archive_folders.put(key + (path,), made, made.cost)
+        # The folders above the subtree are the walk's way back up: the most recently used
+        # now, so that they are not the first to go if the subtree nearly fills the share.
+        way_up = parent.split("/") if parent else []
+        for depth in range(len(way_up) + 1):
+            self._archive_folders.peek(key + ("/".join(way_up[:depth]),))
 
     def _folder_member(self, archive: Entry, names: Sequence[str]) -> Entry:
         """The entry at ``names``, listing only the folders on the way (none if its own
         folder is kept: ``ls -lR`` asks for each path through every folder above it)."""
+        changes = self._changes()
         if len(names) > 1:
             inner = "/".join(names[:-1])
             kept = self._archive_folders.peek((archive.object_path, archive.version, inner))
@@ -663,6 +686,7 @@ class VFS:
                 found = self._folder_entry(archive, kept, inner, names[-1])
                 if found is None:
                     raise NotFound(f"no such file or folder: {archive.path}/{inner}/{names[-1]}")
+                self._remember(archive, kept, inner, changes)
                 return found
         folder = self._archive_folder(archive, "")
         inner = ""
@@ -677,7 +701,17 @@ class VFS:
             if found is None:
                 raise NotFound(f"no such file or folder: {_join(entry.path, name)}")
             entry = found
+        self._remember(archive, folder, inner, changes)
         return entry
+
+    def _changes(self) -> int:
+        return getattr(self.backend, "changes", 0)
+
+    def _remember(self, archive: Entry, folder: ArchiveFolder, inner: str, changes: int) -> None:
+        """``folder`` (at ``inner``) was just listed or walked through: see ``_recent``."""
+        if self._recent is not None:
+            path = f"{archive.path}/{inner}" if inner else archive.path
+            self._recent.put(path, (archive, folder, inner), len(folder.children), changes)
 
     def _folder_entry(self, archive: Entry, folder: ArchiveFolder, inner: str,
                       name: str) -> Entry | None:
@@ -763,6 +797,12 @@ _FOLDERS_KEPT = 1024
 # -lR`` stats the parent's entries in between (0.46 ms each over a million members, measured
 # on a busy 2-core machine: 0.5 s for a folder of 1,000).
 WALK_GAP = 5.0
+# The part of the memory budget folders of archives listed by folder may take together
+# (``archivelisting.FolderCache``): 64 MiB of the default 256 MiB, about 75,000 members; at
+# least 32 MiB, so that a walk's subtree (``_walk_ahead``: under ``LAZY_MEMBERS``, about 14 MiB
+# for a solver's 16,000) fits with the folders above it.
+FOLDERS_SHARE = 0.25
+FOLDERS_MIN = 32 << 20
 _NOT_ARCHIVES_KEPT = 4096
 
 
