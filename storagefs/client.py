@@ -33,6 +33,7 @@ from urllib3.util.retry import Retry
 
 from . import __version__, protocol
 from .config import API_KEY_ENV, ClientConfig
+from .gcpause import gc_paused
 from .errors import (AuthenticationError, InvalidRequest, PermissionDenied,
                      RangeNotSatisfiable, ServerError, StorageError, Timeout, TransferError,
                      error_for_status)
@@ -393,7 +394,8 @@ class StorageClient:
         data = self._api("GET", protocol.ZIP_CONTENTS, [
             ("zip_relative_path", zip_relative_path), ("recursive", bool(recursive)),
             ("path", path), ("region", self._region(region))])
-        return self._parse(protocol.ZipListing.from_json, data, "GET /storage/zip-contents")
+        with gc_paused():  # 1e4 entries or more: see storagefs.gcpause
+            return self._parse(protocol.ZipListing.from_json, data, "GET /storage/zip-contents")
 
     def zip_file_range(self, path: str, filename: str, zip_relative_path: str = "",
                        region: str | None = None) -> protocol.ZipRange:
