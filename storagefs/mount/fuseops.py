@@ -258,9 +258,9 @@ class StorageOperations(_OperationsBase):
         if fh == _EMPTY_FOLDER:
             return [".", ".."]
         if self.writer is None:
-            return [".", ".."] + [entry.name for entry in self.vfs.list(path)]
+            return [".", ".."] + self.vfs.names(path)
         try:
-            names = [entry.name for entry in self.vfs.list(path)]
+            names = self.vfs.names(path)
         except NotFound:
             if self.writer.local_folder(path) is None:
                 raise

@@ -230,16 +230,22 @@ class ArchiveTree:
 
 class ArchiveFolder:
     """One folder of an archive listed folder by folder (``archivelisting``): its children by
-    shown name (a ``Member``, or None for a sub-folder), the sub-folders' times, and the
-    entries made from them on first use. Names are cleaned as ``ArchiveTree`` cleans them;
-    the server has already left out what its own normalising drops."""
+    shown name (a ``Member``, or None for a sub-folder) and the sub-folders' times. Names are
+    cleaned as ``ArchiveTree`` cleans them; the server has already left out what its own
+    normalising drops.
 
-    __slots__ = ("children", "times", "entries", "cost")
+    No entry is kept per child (``VFS._folder_entry`` makes one when asked, in about 2 us):
+    the kernel keeps what ``stat`` said for the metadata TTL, and kept entries doubled what a
+    folder costs, so that the folders of a 100,000-member archive did not fit their share of
+    the budget and a second ``ls -lR`` asked the server for them all again."""
 
-    # Bytes one child costs, its entry included, besides twice its name (member name and
-    # entry path): measured with tracemalloc over folders of 16 and 1,000 members
-    # (``tests/test_vfs.py`` checks the estimate), rounded up.
-    CHILD_COST = 700
+    __slots__ = ("children", "times", "cost")
+
+    # Bytes a file and a sub-folder cost besides their names (a file's member name holds the
+    # folder's path too): measured with tracemalloc over folders of 1,000 members (about 190
+    # and 100; ``tests/test_vfs.py`` checks the estimate), rounded up.
+    FILE_COST = 200
+    FOLDER_COST = 110
     BASE_COST = 1200
 
     def __init__(self, items: Iterable[tuple[str, protocol.ZipEntry]], inner: str,
@@ -248,9 +254,9 @@ class ArchiveFolder:
         ``archivelisting.split_subtree``)."""
         self.children: dict[str, Member | None] = {}
         self.times: dict[str, float | None] = {}
-        self.entries: dict[str, Entry] = {}
         prefix = inner + "/" if inner else ""
         names = 0
+        stamps: dict[_dt.datetime | None, float | None] = {None: None}  # members share times
         for listed_name, item in items:
             raw = listed_name.split("\x00", 1)[0]
             name = _displayable(raw.strip("/"))
@@ -269,12 +275,17 @@ class ArchiveFolder:
                             prefix + raw)
                 continue
             else:
+                when = item.creation_time
+                stamp = stamps.get(when, False)
+                if stamp is False:
+                    stamp = stamps[when] = _timestamp(when)
                 self.children[name] = Member(
                     prefix + raw, item.size or 0, item.compressed_size or 0, item.range_start,
-                    item.compress_type or 0, item.crc32, _timestamp(item.creation_time))
+                    item.compress_type or 0, item.crc32, stamp)
             names += len(name)
-        self.cost = self.BASE_COST + len(self.children) * self.CHILD_COST + 2 * names + \
-            2 * len(self.children) * (len(label) + len(prefix))
+        folders = len(self.times)
+        self.cost = self.BASE_COST + folders * self.FOLDER_COST + 2 * names + \
+            (len(self.children) - folders) * (self.FILE_COST + len(prefix))
 
 
 def listed(listing: protocol.ZipListing) -> Iterator[tuple[str, protocol.ZipEntry]]:
@@ -342,19 +353,25 @@ class VFS:
     def lookup(self, path: str) -> Entry:
         return self._resolve(path)[0]
 
+    def names(self, path: str) -> list[str]:
+        """The names of ``list(path)``; in an archive listed by folder, without making an
+        entry for each (``readdir`` needs the names only)."""
+        entry, archive = self._resolve(path)
+        if not entry.is_dir:
+            raise NotADirectory(f"not a folder: {entry.path}")
+        if archive is None or not self._by_folder(archive):
+            return [child.name for child in self._children(entry, archive)]
+        return list(self._listed_folder(entry, archive).children)
+
     def list(self, path: str) -> list[Entry]:
         entry, archive = self._resolve(path)
         if not entry.is_dir:
             raise NotADirectory(f"not a folder: {entry.path}")
         if archive is None or not self._by_folder(archive):
             return list(self._children(entry, archive))
-        changes = self._changes()
-        self._walk_ahead(archive, entry.inner)
-        children = list(self._children(entry, archive))
-        self._remember(archive, self._archive_folder(archive, entry.inner), entry.inner, changes)
-        with self._walk_lock:
-            self._listed[(archive.object_path, archive.version, entry.inner)] = time.monotonic()
-        return children
+        folder = self._listed_folder(entry, archive)
+        return [child for name in folder.children
+                if (child := self._folder_entry(archive, folder, entry.inner, name)) is not None]
 
     def directory(self, path: str) -> Entry:
         """The entry at ``path``, once it is known whether it can be listed: an archive is
@@ -482,14 +499,7 @@ class VFS:
                 if entry is not None:
                     yield entry
         else:
-            assert archive is not None
-            if self._by_folder(archive):
-                folder = self._archive_folder(archive, parent.inner)
-                for name in list(folder.children):
-                    entry = self._folder_entry(archive, folder, parent.inner, name)
-                    if entry is not None:
-                        yield entry
-                return
+            assert archive is not None  # an archive listed whole (``list`` sees to that)
             tree = self._tree(archive)
             prefix = parent.inner + "/" if parent.inner else ""
             for name in tree.dirs.get(parent.inner, {}):
@@ -631,6 +641,17 @@ class VFS:
 
         return self._archive_folders.get(key + (inner,), load)
 
+    def _listed_folder(self, entry: Entry, archive: Entry) -> ArchiveFolder:
+        """The folder of ``entry`` (in an archive listed by folder), listed as ``ls`` lists it:
+        a walk may list its parent's subtree first, and it is noted as listed and recent."""
+        changes = self._changes()
+        self._walk_ahead(archive, entry.inner)
+        folder = self._archive_folder(archive, entry.inner)
+        self._remember(archive, folder, entry.inner, changes)
+        with self._walk_lock:
+            self._listed[(archive.object_path, archive.version, entry.inner)] = time.monotonic()
+        return folder
+
     def _walk_ahead(self, archive: Entry, inner: str) -> None:
         """Before listing ``inner``: if this is a walk (``find``, ``ls -R``, ``du``: its parent
         was listed less than ``WALK_GAP`` seconds before) and ``inner`` holds only files, the
@@ -717,9 +738,8 @@ class VFS:
                       name: str) -> Entry | None:
         """The entry of one child of a listed folder, kept with the folder; None if absent.
         Its inode number comes from its path (``archivelisting.path_inode``)."""
-        entry = folder.entries.get(name)
-        if entry is not None or name not in folder.children:
-            return entry
+        if name not in folder.children:
+            return None
         member = folder.children[name]
         rel = f"{inner}/{name}" if inner else name
         path = f"{archive.path}/{rel}"
@@ -730,7 +750,6 @@ class VFS:
             entry = Entry(path, MEMBER, member.size, member.compressed_size,
                           member.mtime or archive.mtime, path_inode(path), archive.object_path,
                           archive.version, rel, member)
-        folder.entries[name] = entry
         return entry
 
     def _member_entry(self, archive: Entry, tree: ArchiveTree, rel: str) -> Entry | None:
