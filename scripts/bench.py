@@ -77,7 +77,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -97,6 +96,10 @@ import benchrows
 import taskarchives
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO / "tests"))  # serverharness: the tests' way to start and stop a server
+from serverharness import (free_port, read_metrics, stop_process,  # noqa: E402
+                           wait_until_answers)
+
 BENCH = REPO / ".bench"
 RATARMOUNT_VENV = BENCH / "ratarmount-venv"
 API_KEY = "bench-key.1"
@@ -274,12 +277,6 @@ def build_corpus(sizes: Sizes, quick: bool) -> Path:
 # -- processes -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """``storagefs serve`` on the corpus, with /metrics read as {sample: value}."""
 
@@ -291,32 +288,18 @@ class Server:
         self.url = ""
 
     def start(self) -> None:
-        port = _free_port()
-        log = (self.work / f"server-{port}.log").open("ab")
+        port = free_port()
+        log = self.work / f"server-{port}.log"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "storagefs", "serve", str(self.root), "--host", "127.0.0.1",
-             "--port", str(port), "--api-key", API_KEY, *self.extra], stdout=log,
+             "--port", str(port), "--api-key", API_KEY, *self.extra], stdout=log.open("ab"),
             stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}")
-            try:
-                if requests.get(self.url + "/version", timeout=1).ok:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("the server did not start within 30 s")
+        wait_until_answers(self.process, self.url + "/version", log)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        if self.process is not None:
+            stop_process(self.process)
 
     def restart(self) -> None:
         """A server with empty caches (its archive index cache lives in the process)."""
@@ -324,13 +307,7 @@ class Server:
         self.start()
 
     def metrics(self) -> dict[str, float]:
-        text = requests.get(self.url + "/metrics", timeout=10).text
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        return read_metrics(self.url)
 
     def signed_url(self, path: str) -> str:
         response = requests.get(self.url + "/storage/signed-urls", timeout=10,
@@ -1097,7 +1074,7 @@ def nginx_serving(nginx: str, root: Path, work: Path) -> Iterator[str]:
     """nginx on a free 127.0.0.1 port serving ``root`` from a generated config, stopped after."""
     folder = work / "nginx"
     folder.mkdir(exist_ok=True)
-    port = _free_port()
+    port = free_port()
     config = _nginx_config(folder, root, port)
     log = (folder / "stderr.log").open("wb")
     process = subprocess.Popen([nginx, "-c", str(config), "-p", str(folder), "-e",
@@ -1120,12 +1097,7 @@ def nginx_serving(nginx: str, root: Path, work: Path) -> Iterator[str]:
             time.sleep(0.05)
         yield url
     finally:
-        process.terminate()  # SIGTERM: nginx's fast shutdown
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)  # SIGTERM: nginx's fast shutdown
         log.close()
 
 

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,9 +37,10 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # bigarchive: the archive writer the tests use
+sys.path.insert(0, str(REPO / "tests"))  # bigarchive, serverharness: as the tests have them
 
 import bigarchive  # noqa: E402
+from serverharness import free_port, stop_process, wait_until_answers  # noqa: E402
 
 API_KEY = "bench-key.1"
 UNZIP_REFERENCE_S = 2.6  # ``unzip -l`` of the 1,000,000-member archive, idle machine (issue)
@@ -92,12 +92,6 @@ def _status_mb(pid: int, field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _archive(workdir: Path, count: int) -> Path:
     path = workdir / "root" / "big" / f"output-{count}.zip"
     if not path.exists():
@@ -115,23 +109,14 @@ def _environment() -> dict:
 
 
 def _start_server(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "storagefs", "serve", str(root), "--port", str(port),
          "--api-key", API_KEY, "--workers", "1"],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, env=_environment())
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server ended: see {log}")
-        try:
-            if requests.get(url + "/version", timeout=1).ok:
-                return process, url
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"the server did not start: see {log}")
+    wait_until_answers(process, url + "/version", log, timeout=60)
+    return process, url
 
 
 def _list(url: str, archive: str, folder: str, recursive: bool, stream: bool = False):
@@ -225,7 +210,7 @@ def _measure(count: int, workdir: Path) -> list[dict]:
                  _row("server: RSS growth at peak, all of the above",
                       _status_mb(process.pid, "VmHWM") - before, "MB", 300)]
     finally:
-        _stop(process)
+        stop_process(process)
     process, url = _start_server(workdir / "root", workdir / "server.log")
     try:
         before = _status_mb(process.pid, "VmRSS")
@@ -234,16 +219,8 @@ def _measure(count: int, workdir: Path) -> list[dict]:
         rows.append(_row("restarted server: RSS growth",
                          _status_mb(process.pid, "VmRSS") - before, "MB", 300))
     finally:
-        _stop(process)
+        stop_process(process)
     return rows
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def _print(rows: list[dict], count: int) -> None:

@@ -30,7 +30,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import struct
 import subprocess
@@ -42,10 +41,11 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))  # serverharness
 from delayproxy import start_delay_proxy  # noqa: E402
+from serverharness import (free_port, read_metrics, stop_process,  # noqa: E402
+                           wait_until_answers)
 
 MiB, GiB = 1 << 20, 1 << 30
 API_KEY = "bench-link-key"
@@ -181,52 +181,24 @@ def build_corpus(root: Path, big: int, readers_each: int, huge: int) -> None:
 # -- processes -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """``storagefs serve`` on the corpus; ``metrics()`` reads /metrics as {sample: value}."""
 
     def __init__(self, root: Path, work: Path) -> None:
-        port = _free_port()
+        port = free_port()
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        log = work / "server.log"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "storagefs", "serve", str(root), "--port", str(port),
-             "--api-key", API_KEY], stdout=(work / "server.log").open("ab"),
-            stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}")
-            try:
-                if requests.get(self.url + "/version", timeout=1).ok:
-                    return
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start within 30 s")
-            time.sleep(0.05)
+             "--api-key", API_KEY], stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        wait_until_answers(self.process, self.url + "/version", log)
 
     def metrics(self) -> dict[str, float]:
-        samples = {}
-        for line in requests.get(self.url + "/metrics", timeout=10).text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        return read_metrics(self.url)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def requests_between(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,9 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import requests
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO / "tests"))  # serverharness: the tests' way to start and stop a server
+from serverharness import free_port, stop_process, wait_until_answers  # noqa: E402
+
 MiB = 1024 * 1024
 API_KEY = "bench-key.1"
 ACCESS, SECRET = "bench-access", "bench-secret"
@@ -37,38 +37,16 @@ ENV = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRE
 MEMBER = "artifacts/results/field.bin"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_http(url: str, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            requests.get(url, timeout=5)
-            return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not start within {timeout} s")
-
-
 @contextmanager
 def _process(cmd: list[str], log: Path, url: str, what: str) -> Iterator[subprocess.Popen]:
+    """``cmd`` running once ``url`` answers at all (an S3 store may refuse a request without
+    credentials: that still says it listens), stopped after."""
     process = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=ENV)
     try:
-        _wait_http(url, process, what)
+        wait_until_answers(process, url, log, timeout=60, what=what, any_status=True)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
 
 
 def build_archive(path: Path, size: int) -> None:
@@ -84,7 +62,7 @@ def build_archive(path: Path, size: int) -> None:
 @contextmanager
 def s3_store(kind: str, work: Path) -> Iterator[str]:
     """An S3 endpoint on 127.0.0.1 with a bucket named ``bench``."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     if kind == "rclone":
         binary = Path(sys.executable).with_name("rclone")
@@ -115,7 +93,7 @@ def _boto(endpoint: str):
 
 @contextmanager
 def server(args: list[str], work: Path, name: str) -> Iterator[tuple[str, int]]:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "storagefs", "serve", *args, "--port", str(port),
            "--api-key", API_KEY, "--workers", "1"]

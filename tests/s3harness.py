@@ -13,15 +13,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import requests
 
-from serverharness import ServerHandle, free_port, start_server, stop_process
+from serverharness import (ServerHandle, free_port, start_server, stop_process,
+                           wait_until_answers)
 
 ACCESS_KEY, SECRET_KEY = "storagefs-test", "storagefs-test-secret"
 KINDS = ("moto", "rclone")
@@ -94,18 +93,7 @@ def start_store(kind: str, workdir: Path) -> S3Service:
         raise ValueError(kind)
     process = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{kind} exited with {process.returncode}: {log.read_text()}")
-        try:
-            requests.get(endpoint, timeout=5)
-            break
-        except requests.RequestException:  # not listening yet, or still importing
-            time.sleep(0.1)
-    else:
-        process.kill()
-        raise RuntimeError(f"{kind} did not start: {log.read_text()}")
+    wait_until_answers(process, endpoint, log, what=kind, any_status=True)
     service = S3Service(kind, endpoint, "", process, log)
     service.bucket = service.new_bucket()
     return service

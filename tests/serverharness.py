@@ -1,5 +1,9 @@
 """The reference server for tests: ``start_server`` runs ``storagefs serve`` as a subprocess on
-127.0.0.1 and waits until it answers; ``ServerHandle`` reads its metrics and stops it."""
+127.0.0.1 and waits until it answers; ``ServerHandle`` reads its metrics and stops it.
+
+``free_port``, ``wait_until_answers``, ``stop_process`` and ``read_metrics`` are also what the
+S3 stores here and the bench scripts (``scripts/bench*.py``, which put tests/ on sys.path) start,
+stop and read their processes with: one way to do it, not a copy in each."""
 
 from __future__ import annotations
 
@@ -32,6 +36,49 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _log_end(log: Path, chars: int = 4000) -> str:
+    """The end of a process's log, for an error (a bench's log may hold many runs)."""
+    try:
+        return log.read_text(errors="replace")[-chars:]
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+def wait_until_answers(process: subprocess.Popen, url: str, log: Path, timeout: float = 30,
+                       what: str = "server", any_status: bool = False) -> None:
+    """Poll ``url`` until it answers with 2xx (with ``any_status``: with anything, since an S3
+    store may refuse a request without credentials): a process listens a while after Popen
+    returns. Raises with the end of ``log`` if the process ends first, or if ``timeout``
+    seconds pass (the process is then killed, not left behind)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} ({log}):\n"
+                               f"{_log_end(log)}")
+        try:
+            answer = requests.get(url, timeout=5)
+            if answer.ok or any_status:
+                return
+        except requests.RequestException:  # not listening yet, or still importing
+            pass
+        time.sleep(0.05)
+    process.kill()
+    process.wait(10)
+    raise RuntimeError(f"{what} did not start within {timeout:g} s ({log}):\n{_log_end(log)}")
+
+
+def read_metrics(url: str) -> dict[str, float]:
+    """A server's /metrics as {'name{labels}': value}: what tests and benches count a client's
+    requests and the bytes it had read with."""
+    text = requests.get(url + "/metrics", timeout=10).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 @dataclass
 class ServerHandle:
     """A running ``storagefs serve``: its URL, key and folder, plus a way to read /metrics."""
@@ -47,14 +94,7 @@ class ServerHandle:
         return requests.get(self.url + path, headers=headers, timeout=30, **kwargs)
 
     def metrics(self) -> dict[str, float]:
-        """Prometheus samples as {'name{labels}': value}."""
-        text = requests.get(self.url + "/metrics", timeout=10).text
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        return read_metrics(self.url)
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -72,17 +112,8 @@ def start_server(root: Path, log_dir: Path, *extra: str, api_key: str = "test-ke
            *(() if "--workers" in extra else ("--workers", "1")), *extra]
     process = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()}")
-        try:
-            if requests.get(url + "/version", timeout=1).ok:
-                return ServerHandle(url, api_key, root, process, log)
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"server did not start: {log.read_text()}")
+    wait_until_answers(process, url + "/version", log)
+    return ServerHandle(url, api_key, root, process, log)
 
 
 def put_tree(root: Path, files: dict[str, bytes]) -> None:
