@@ -21,7 +21,9 @@ What the tree shows:
 - An archive of ``archivelisting.LAZY_MEMBERS`` members or more (by its end records, one
   ranged GET, read only if its size allows that many) is listed one folder at a time
   instead: a path deep inside lists only the folders on the way, each kept in the memory
-  budget for the metadata TTL, and a walk lists a small subtree at once (``_walk_ahead``).
+  budget for the metadata TTL (together at most ``FOLDERS_SHARE`` of it), and a walk lists a
+  small subtree at once (``_walk_ahead``); the entries of a folder just listed or walked
+  through are found without walking down from the top (``archivelisting.RecentFolders``).
   Its inode numbers come from the paths (``archivelisting.path_inode``).
 - Member names are shown as written (the server decodes UTF-8, the Unicode Path field and
   legacy code pages), with what could leave the archive's folder taken out, as ``zipfile``
