@@ -738,8 +738,8 @@ class VFS:
 
     def _folder_entry(self, archive: Entry, folder: ArchiveFolder, inner: str,
                       name: str) -> Entry | None:
-        """The entry of one child of a listed folder, kept with the folder; None if absent.
-        Its inode number comes from its path (``archivelisting.path_inode``)."""
+        """The entry of one child of a listed folder, made anew (see ``ArchiveFolder``); None
+        if absent. Its inode number comes from its path (``archivelisting.path_inode``)."""
         if name not in folder.children:
             return None
         member = folder.children[name]
