@@ -18,8 +18,13 @@ $(STAMP): setup.cfg setup.py scripts/install-system-deps.sh
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-lint: install
+LINT_STAMP := $(VENV)/.lint-stamp
+
+$(LINT_STAMP): $(STAMP) setup.cfg setup.py
 	$(PY) -m pip install --quiet -e '.[lint]'
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
 	$(VENV)/bin/flake8 storagefs tests scripts
 	$(VENV)/bin/mypy
 
