@@ -545,10 +545,13 @@ class RatarmountMount:
 
 
 def ensure_ratarmount(allow_install: bool) -> tuple[Path | None, str]:
-    """ratarmount from its own venv, installed with pip on first use; (path, note)."""
+    """ratarmount from its own venv, installed with pip on first use; (path, note). A venv
+    that does not run (half installed, or moved: venvs name their own folder in every script)
+    is made again."""
     executable = RATARMOUNT_VENV / "bin" / "ratarmount"
-    if not executable.exists() and allow_install:
+    if _version(executable) is None and allow_install:
         print("installing ratarmount into .bench/ratarmount-venv (once) ...", flush=True)
+        shutil.rmtree(RATARMOUNT_VENV, ignore_errors=True)
         log = BENCH / "ratarmount-install.log"
         BENCH.mkdir(exist_ok=True)
         with log.open("w") as out:
@@ -559,11 +562,23 @@ def ensure_ratarmount(allow_install: bool) -> tuple[Path | None, str]:
                  "fsspec[http]", "aiohttp"], stdout=out, stderr=subprocess.STDOUT).returncode == 0
         if not ok:
             return None, f"ratarmount did not install with pip (see {log.relative_to(REPO)})"
-    if not executable.exists():
+    version = _version(executable)
+    if version is None:
         return None, "ratarmount not installed"
-    version = subprocess.run([str(executable), "--version"], capture_output=True, text=True)
-    first = (version.stdout or version.stderr).strip().splitlines()
-    return executable, first[0] if first else "ratarmount"
+    return executable, version
+
+
+def _version(executable: Path) -> str | None:
+    """The first line ``--version`` prints, or None if the program does not run."""
+    try:
+        done = subprocess.run([str(executable), "--version"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    first = (done.stdout or done.stderr).strip().splitlines()
+    return first[0] if first else "ratarmount"
 
 
 # -- measurements ----------------------------------------------------------------------------
