@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import time
 import zipfile
 
 from storagefs import protocol
-from storagefs.errors import InvalidRequest, NotFound, PermissionDenied
+from storagefs.errors import CorruptArchive, InvalidRequest, NotFound, PermissionDenied
 
 from archives import read_local_data_offset
 
@@ -25,6 +26,7 @@ class FakeStorage:
         self.calls: list[tuple] = []
         self.refuse_reads = 0  # answer this many reads with 403
         self.broken_ranges = False
+        self.refused_folders: set[str] = set()  # zip_folder answers these as a corrupt archive
 
     def _folders(self) -> set[str]:
         found = {""}
@@ -69,6 +71,27 @@ class FakeStorage:
                     range_start=start, creation_time=dt.datetime(*info.date_time),
                     compress_type=info.compress_type, crc32=info.CRC if self.with_crc else None))
         return protocol.ZipListing(size=len(data), contents=entries)
+
+    def zip_folder(self, path: str, folder: str, version=None,
+                   recursive: bool = False) -> protocol.ZipListing:
+        """As the server lists one folder of an archive: names relative to it, sub-folders
+        once with a trailing "/" (``recursive``: everything below it)."""
+        self.calls.append(("zip_folder", path, folder, recursive))
+        if folder in self.refused_folders:
+            raise CorruptArchive("bad central directory")
+        whole = self._listing(path)
+        prefix = folder + "/" if folder else ""
+        found: dict[str, protocol.ZipEntry] = {}
+        for entry in whole.contents:
+            if not entry.name.startswith(prefix) or entry.name == prefix:
+                continue
+            rest = entry.name[len(prefix):]
+            head, sep, tail = rest.partition("/")
+            if sep and (tail and not recursive):
+                found.setdefault(head + "/", protocol.ZipEntry(head + "/", 0, 0, None, None, 0))
+            else:
+                found[rest] = dataclasses.replace(entry, name=rest)
+        return protocol.ZipListing(whole.size, list(found.values()))
 
     def member_range(self, path: str, member: str, version=None) -> protocol.ZipRange:
         self.calls.append(("range", path, member))

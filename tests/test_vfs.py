@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import gc
+import io
 import threading
 import sys
 import time
@@ -553,6 +554,57 @@ def test_recent_folders_are_trusted_briefly_and_only_while_nothing_changed():
         recent.put(f"/a.zip/{name}", name, children=1, changes=7)
     assert [recent.get(f"/a.zip/{name}", 7) for name in "pqr"] == [None, "q", "r"]
     RecentFolders(horizon=0.0).put("/a.zip/s", "s", 1, 0)  # no metadata TTL: nothing kept
+
+
+@pytest.fixture
+def by_folder(monkeypatch):
+    """Every archive is listed folder by folder, whatever its size."""
+    monkeypatch.setattr(vfs_module, "LAZY_MEMBERS", 1)
+    monkeypatch.setattr(vfs_module, "needs_census", lambda size: True)
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def test_a_folder_walked_through_is_stale_once_a_storage_listing_changes(by_folder):
+    """Within its second, a folder kept by ``RecentFolders`` stops answering as soon as a
+    listing changes (here: refreshed by another ask, after the archive was replaced)."""
+    vfs, storage = make_vfs({"x/big.zip": _zip({"d/a": b"old", "d/b": b"old"})})
+    for _ in range(2):  # the first walk met listings loaded on the way: it is not kept
+        assert vfs.names("/x/big.zip/d") == ["a", "b"]
+        assert vfs.lookup("/x/big.zip/d/a").size == 3
+    storage.files["x/big.zip"] = _zip({"d/z": b"replaced"})
+    vfs.backend.list_folder("x", max_age=0)
+    with pytest.raises(NotFound):
+        vfs.lookup("/x/big.zip/d/a")
+    assert vfs.lookup("/x/big.zip/d/z").size == 8
+
+
+def test_folders_walked_through_go_with_an_archive_found_unreadable(by_folder):
+    vfs, storage = make_vfs({"x/big.zip": _zip({"d/a": b"1", "d/b": b"2", "e/c": b"3"})})
+    for _ in range(2):  # the first walk met listings loaded on the way: it is not kept
+        assert vfs.lookup("/x/big.zip/d/a").kind == MEMBER
+    storage.refused_folders = {"e"}
+    with pytest.raises(NotADirectory):
+        vfs.names("/x/big.zip/e")
+    assert vfs.lookup("/x/big.zip").kind == FILE
+    with pytest.raises(NotADirectory):
+        vfs.lookup("/x/big.zip/d/a")
+
+
+def test_a_folder_larger_than_the_share_is_left_to_the_budget():
+    budget = BlockCache(1_000)
+    folders = FolderCache(budget, ttl=60, limit=200)
+    loads: list[str] = []
+    for sub in "abc":  # a walk needs the big top folder again for each sub-folder
+        folders.get("top", lambda: (loads.append("top") or "top", 500))
+        folders.get(sub, lambda sub=sub: (loads.append(sub) or sub, 50))
+    assert loads == ["top", "a", "b", "c"]
 
 
 def test_concurrent_misses_list_a_folder_once():

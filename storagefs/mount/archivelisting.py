@@ -171,8 +171,9 @@ _IMPLIED = ZipEntry("", 0, 0, None, None, 0)
 def path_inode(path: str) -> int:
     """An inode number for a path inside an archive listed by folder, with no table to keep.
 
-    Derived from the path (Python's string hash: 64-bit SipHash, keyed afresh in each process,
-    so nobody can craft names that collide; cut to 2**62 .. 2**63 - 1, far above the numbers
+    Derived from the path (Python's string hash: 64-bit SipHash, keyed afresh in each process
+    unless ``PYTHONHASHSEED`` says otherwise, so nobody can craft names that collide; cut to
+    2**62 .. 2**63 - 1, far above the numbers
     ``vfs.InodeTable`` counts out from 2), so it is the same each time the path is seen while
     mounted, as ``InodeTable``'s are, and a walk of a million members costs no memory for inode
     numbers, and a tenth of a cryptographic hash's time (``find`` makes one per path). Two
@@ -257,7 +258,10 @@ class FolderCache:
         if not self.budget.put(("listing", key), item, size=cost):
             self._oversize = (key, item)
             return
-        if self.limit is None:
+        if self.limit is None or cost > self.limit:
+            # A folder larger than the share alone (a top folder of 4e5 files, needed again
+            # for each sub-folder a walk enters) is left to the budget's own LRU: within the
+            # share, each next folder would evict it.
             return
         gone = []
         with self._lock:
@@ -322,13 +326,15 @@ class RecentFolders:
     ``find`` and ``ls -lR`` ask for every entry of a folder just after listing it, each by its
     whole path; resolved from the top, each ask walks the storage folders and the archive's
     folders above it again, about 60 us of Python per path (a third of ``find``'s time over
-    17,001 paths). A folder here is trusted for ``horizon`` seconds (at most the metadata TTL)
-    and while no cached storage listing has changed (``changes``, the backend's counter).
-    Only small folders are kept, as they are kept here outside the memory budget: at most
-    ``size`` of ``max_children`` entries each.
+    17,001 paths). A folder here is trusted for ``horizon`` seconds (at most the metadata TTL,
+    so an answer may be that much older than the folder's own TTL allows) and while no cached
+    storage listing has changed (``changes``, the backend's counter, read before the path was
+    resolved). Only small folders are kept, as they are kept here outside the memory budget
+    (until the next ``put`` or ``clear``): at most ``size`` of ``max_children`` entries each,
+    a few MB at worst.
     """
 
-    def __init__(self, horizon: float, size: int = 8, max_children: int = 4096,
+    def __init__(self, horizon: float, size: int = 8, max_children: int = 2048,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.horizon = horizon
         self.size = size
@@ -356,3 +362,7 @@ class RecentFolders:
             while len(items) >= self.size:
                 del items[next(iter(items))]
             items[path] = (value, now + self.horizon, changes)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

@@ -358,20 +358,22 @@ class VFS:
     def names(self, path: str) -> list[str]:
         """The names of ``list(path)``; in an archive listed by folder, without making an
         entry for each (``readdir`` needs the names only)."""
-        entry, archive = self._resolve(path)
+        changes = self._changes()
+        entry, archive = self._resolve(path, changes)
         if not entry.is_dir:
             raise NotADirectory(f"not a folder: {entry.path}")
         if archive is None or not self._by_folder(archive):
             return [child.name for child in self._children(entry, archive)]
-        return list(self._listed_folder(entry, archive).children)
+        return list(self._listed_folder(entry, archive, changes).children)
 
     def list(self, path: str) -> list[Entry]:
-        entry, archive = self._resolve(path)
+        changes = self._changes()
+        entry, archive = self._resolve(path, changes)
         if not entry.is_dir:
             raise NotADirectory(f"not a folder: {entry.path}")
         if archive is None or not self._by_folder(archive):
             return list(self._children(entry, archive))
-        folder = self._listed_folder(entry, archive)
+        folder = self._listed_folder(entry, archive, changes)
         return [child for name in folder.children
                 if (child := self._folder_entry(archive, folder, entry.inner, name)) is not None]
 
@@ -438,15 +440,19 @@ class VFS:
 
     # -- paths ---------------------------------------------------------------------------------
 
-    def _resolve(self, path: str) -> tuple[Entry, Entry | None]:
+    def _resolve(self, path: str, changes: int | None = None) -> tuple[Entry, Entry | None]:
         """The entry at a mount path, and the archive it lies in (None outside archives).
 
-        Entries are made once per listing (storage folders) or per archive version (members):
-        ``ls -lR`` of a large archive asks for each path once, through every folder above it.
+        Entries are made once per listing (storage folders) or per archive version (members
+        of archives listed whole); in archives listed by folder, when asked. ``changes``: the
+        backend's change counter read before anything was resolved (``_recent`` keeps folders
+        under it: a listing that changes meanwhile makes them stale at once).
         """
+        if changes is None:
+            changes = self._changes()
         if self._recent is not None:  # an entry of a folder just listed or walked through
             parent, _, name = path.rpartition("/")
-            recent = self._recent.get(parent, self._changes())
+            recent = self._recent.get(parent, changes)
             if recent is not None:
                 archive, folder, inner = recent
                 found = self._folder_entry(archive, folder, inner, name)
@@ -458,17 +464,17 @@ class VFS:
             if entry.kind != FOLDER:
                 if not entry.is_dir:
                     raise NotADirectory(f"not a folder: {entry.path}")
-                return self._member(entry, names[i:]), entry
+                return self._member(entry, names[i:], changes), entry
             child = self._child(entry, name)
             if child is None:
                 raise NotFound(f"no such file or folder: {_join(entry.path, name)}")
             entry = child
         return entry, (entry if entry.kind == ARCHIVE else None)
 
-    def _member(self, archive: Entry, names: Sequence[str]) -> Entry:
+    def _member(self, archive: Entry, names: Sequence[str], changes: int) -> Entry:
         """The entry at ``names`` inside the archive (its cleaned path, split)."""
         if self._by_folder(archive):
-            return self._folder_member(archive, names)
+            return self._folder_member(archive, names, changes)
         tree = self._tree(archive)
         rel = "/".join(names)
         entry = tree.entries.get(rel) or self._member_entry(archive, tree, rel)
@@ -597,6 +603,8 @@ class VFS:
             folder = self._folders.get(entry.object_path.rpartition("/")[0])
             if folder is not None:
                 folder.entries.pop(entry.name, None)
+        if self._recent is not None:  # its folders walked through just now are no more
+            self._recent.clear()
         log.warning("%s: not readable as a ZIP archive (%s); shown as a file", entry.path, why)
 
     # -- archives listed folder by folder (archivelisting) ----------------------------------
@@ -643,10 +651,9 @@ class VFS:
 
         return self._archive_folders.get(key + (inner,), load)
 
-    def _listed_folder(self, entry: Entry, archive: Entry) -> ArchiveFolder:
+    def _listed_folder(self, entry: Entry, archive: Entry, changes: int) -> ArchiveFolder:
         """The folder of ``entry`` (in an archive listed by folder), listed as ``ls`` lists it:
         a walk may list its parent's subtree first, and it is noted as listed and recent."""
-        changes = self._changes()
         self._walk_ahead(archive, entry.inner)
         folder = self._archive_folder(archive, entry.inner)
         self._remember(archive, folder, entry.inner, changes)
@@ -687,21 +694,24 @@ class VFS:
             log.warning("%s/%s: listing it at once failed (%s); listed folder by folder",
                         archive.path, parent, exc)
             return
+        # The folders above the subtree are the walk's way back up: made the most recently
+        # used before the subtree comes in (older folders go first if it nearly fills the
+        # share) and again after it.
+        way_up = parent.split("/") if parent else []
+        above_keys = [key + ("/".join(way_up[:depth]),) for depth in range(len(way_up) + 1)]
+        for above_key in above_keys:
+            self._archive_folders.peek(above_key)
         with gc_paused():
             for rel, part in split_subtree(listing).items():
                 path = f"{parent}/{rel}" if parent and rel else parent or rel
                 made = ArchiveFolder(part, path, archive.path)
                 self._archive_folders.put(key + (path,), made, made.cost)
-        # The folders above the subtree are the walk's way back up: the most recently used
-        # now, so that they are not the first to go if the subtree nearly fills the share.
-        way_up = parent.split("/") if parent else []
-        for depth in range(len(way_up) + 1):
-            self._archive_folders.peek(key + ("/".join(way_up[:depth]),))
+        for above_key in above_keys:
+            self._archive_folders.peek(above_key)
 
-    def _folder_member(self, archive: Entry, names: Sequence[str]) -> Entry:
+    def _folder_member(self, archive: Entry, names: Sequence[str], changes: int) -> Entry:
         """The entry at ``names``, listing only the folders on the way (none if its own
         folder is kept: ``ls -lR`` asks for each path through every folder above it)."""
-        changes = self._changes()
         if len(names) > 1:
             inner = "/".join(names[:-1])
             kept = self._archive_folders.peek((archive.object_path, archive.version, inner))
@@ -819,9 +829,9 @@ _FOLDERS_KEPT = 1024
 # on a busy 2-core machine: 0.5 s for a folder of 1,000).
 WALK_GAP = 5.0
 # The part of the memory budget folders of archives listed by folder may take together
-# (``archivelisting.FolderCache``): 64 MiB of the default 256 MiB, about 75,000 members; at
-# least 32 MiB, so that a walk's subtree (``_walk_ahead``: under ``LAZY_MEMBERS``, about 14 MiB
-# for a solver's 16,000) fits with the folders above it.
+# (``archivelisting.FolderCache``): 64 MiB of the default 256 MiB, about 250,000 members; at
+# least 32 MiB, so that a walk's subtree (``_walk_ahead``: under ``LAZY_MEMBERS``, about 5 MiB
+# for a solver's 16,000) always fits with the folders above it.
 FOLDERS_SHARE = 0.25
 FOLDERS_MIN = 32 << 20
 _NOT_ARCHIVES_KEPT = 4096
