@@ -92,6 +92,15 @@ def directories_of(names: list[str]) -> list[str]:
     return list(seen)
 
 
+def zip_bytes(members: dict[str, bytes], method: int = zipfile.ZIP_STORED) -> bytes:
+    """A small archive, in memory."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", method) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
 def write_tree(root: Path, files: Files) -> Path:
     """Write the files under ``root`` (created); returns ``root``."""
     root.mkdir(parents=True, exist_ok=True)

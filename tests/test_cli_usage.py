@@ -3,7 +3,6 @@ console script runs) against the real server; options anywhere, pipes, Ctrl-C, h
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -19,6 +18,8 @@ from storagefs import storage
 from storagefs.client import StorageClient
 from storagefs.config import ClientConfig
 from storagefs.errors import AuthenticationError
+
+import archives
 
 VERBS = ["ls", "download", "upload", "rm", "cp", "zip-ls", "size", "export"]
 
@@ -49,11 +50,7 @@ def write(root: Path, files: dict[str, bytes], mtimes: dict[str, float] | None =
 
 
 def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
+    return archives.zip_bytes(members, zipfile.ZIP_DEFLATED)  # deflated, as tasks write them
 
 
 def names(stdout: str) -> list[str]:

@@ -3,12 +3,11 @@ still checked, and each distinct request has its own answer."""
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 
 import requests
 
+from archives import zip_bytes
 from serverharness import KEY, put_tree
 
 
@@ -17,14 +16,6 @@ def listing(server, path: str, **params) -> dict:
                      headers=KEY, timeout=10)
     assert r.status_code == 200, r.text
     return {e["name"]: e["size_bytes"] for e in r.json()["contents"]}
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def test_a_folder_listing_shows_every_change_at_once(server, unique):

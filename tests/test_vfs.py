@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import gc
-import io
 import threading
 import sys
 import time
@@ -27,7 +26,7 @@ from storagefs.mount.read.blockcache import BlockCache
 from storagefs.mount.vfs import (ARCHIVE, FILE, FOLDER, MEMBER, MEMBER_DIR, VFS, ArchiveFolder,
                                  ArchiveTree, safe_parts)
 
-from archives import build_pyzip, build_stream_zip, mixed_bytes, sample_files
+from archives import build_pyzip, build_stream_zip, mixed_bytes, sample_files, zip_bytes
 from bigarchive import FIELDS, member_names, write_task_archive
 from fakes import WHEN, FakeStorage
 
@@ -563,22 +562,14 @@ def by_folder(monkeypatch):
     monkeypatch.setattr(vfs_module, "needs_census", lambda size: True)
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return out.getvalue()
-
-
 def test_a_folder_walked_through_is_stale_once_a_storage_listing_changes(by_folder):
     """Within its second, a folder kept by ``RecentFolders`` stops answering as soon as a
     listing changes (here: refreshed by another ask, after the archive was replaced)."""
-    vfs, storage = make_vfs({"x/big.zip": _zip({"d/a": b"old", "d/b": b"old"})})
+    vfs, storage = make_vfs({"x/big.zip": zip_bytes({"d/a": b"old", "d/b": b"old"})})
     for _ in range(2):  # the first walk met listings loaded on the way: it is not kept
         assert vfs.names("/x/big.zip/d") == ["a", "b"]
         assert vfs.lookup("/x/big.zip/d/a").size == 3
-    storage.files["x/big.zip"] = _zip({"d/z": b"replaced"})
+    storage.files["x/big.zip"] = zip_bytes({"d/z": b"replaced"})
     vfs.backend.list_folder("x", max_age=0)
     with pytest.raises(NotFound):
         vfs.lookup("/x/big.zip/d/a")
@@ -586,7 +577,7 @@ def test_a_folder_walked_through_is_stale_once_a_storage_listing_changes(by_fold
 
 
 def test_folders_walked_through_go_with_an_archive_found_unreadable(by_folder):
-    vfs, storage = make_vfs({"x/big.zip": _zip({"d/a": b"1", "d/b": b"2", "e/c": b"3"})})
+    vfs, storage = make_vfs({"x/big.zip": zip_bytes({"d/a": b"1", "d/b": b"2", "e/c": b"3"})})
     for _ in range(2):  # the first walk met listings loaded on the way: it is not kept
         assert vfs.lookup("/x/big.zip/d/a").kind == MEMBER
     storage.refused_folders = {"e"}
